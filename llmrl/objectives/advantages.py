@@ -1,0 +1,64 @@
+"""Group-relative advantages for LLM policy gradients (GRPO, Dr. GRPO, RLOO) and whitening.
+
+Rewards arrive flat, (N,) with N = B * G: the G completions of a prompt are contiguous, as the trainer samples
+them. Group statistics are exact only when a whole group is in one tensor (one process holds all G).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+SCALES = ("group", "batch", "none")
+
+
+def _groups(rewards: Tensor, group_size: int) -> Tensor:
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D (B*G,), got shape {tuple(rewards.shape)}")
+    if group_size < 1 or rewards.numel() % group_size:
+        raise ValueError(f"group_size={group_size} must divide the number of rewards ({rewards.numel()})")
+    return rewards.view(-1, group_size)
+
+
+def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps: float = 1e-4) -> Tensor:
+    """GRPO A_i = (r_i - mean_group) / (std + eps) (Shao et al. 2024); (B*G,) -> (B*G,).
+
+    scale="group": std of the prompt's group (unbiased, as torch.std); "batch": std of the whole batch;
+    "none": no division (Dr. GRPO, Liu et al. 2025). A group whose rewards are all equal gets exactly 0.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    r = _groups(rewards, group_size)
+    if scale != "none" and (group_size < 2 if scale == "group" else rewards.numel() < 2):
+        raise ValueError(f"scale={scale!r} needs at least 2 rewards per std, got group_size={group_size}")
+    centered = r - r.mean(dim=1, keepdim=True)
+    if scale == "group":
+        centered = centered / (r.std(dim=1, keepdim=True) + eps)
+    elif scale == "batch":
+        centered = centered / (rewards.std() + eps)
+    return centered.reshape(-1)
+
+
+def leave_one_out_advantages(rewards: Tensor, group_size: int) -> Tensor:
+    """RLOO A_i = r_i - mean_{j != i} r_j = G/(G-1) (r_i - mean) (Ahmadian et al. 2024); (B*G,) -> (B*G,)."""
+    if group_size < 2:
+        raise ValueError(f"leave_one_out_advantages needs group_size >= 2, got {group_size}")
+    r = _groups(rewards, group_size)
+    return (group_size / (group_size - 1) * (r - r.mean(dim=1, keepdim=True))).reshape(-1)
+
+
+def zero_std_groups(rewards: Tensor, group_size: int) -> Tensor:
+    """Which groups have identical rewards (they carry no learning signal); (B*G,) -> (B,) bool."""
+    r = _groups(rewards, group_size)
+    return (r == r[:, :1]).all(dim=1)
+
+
+def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """Normalize to zero mean, unit variance over valid entries, (x - mu) / (sigma + eps); any shape -> same."""
+    m = torch.ones_like(x) if mask is None else mask.to(x.dtype)
+    n = m.sum().clamp(min=1)
+    mean = (x * m).sum() / n
+    var = ((x - mean) ** 2 * m).sum() / n
+    out = (x - mean) / (var.sqrt() + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * m
