@@ -62,6 +62,23 @@ def atomic_write_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def truncate_jsonl(path: str, max_step: int) -> None:
+    """Drop the rows of a JSONL log whose "step" is beyond `max_step` (and a torn last line), atomically: what a
+    killed run logged after its last checkpoint is logged again by the resumed run."""
+    if not os.path.exists(path):
+        return
+    keep = []
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("step", 0) <= max_step:
+                keep.append(json.dumps(row) + "\n")
+    atomic_write_text(path, "".join(keep))
+
+
 def config_dict(cfg: Any) -> dict:
     """A dataclass config as a JSON-safe dict."""
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))

@@ -35,7 +35,10 @@ def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps
         centered = centered / (r.std(dim=1, keepdim=True) + eps)
     elif scale == "batch":
         centered = centered / (rewards.std() + eps)
-    return centered.reshape(-1)
+    # The float mean of equal rewards can miss them by an ulp, which the division by (std + eps) turns into a
+    # spurious advantage (3e-4 in float32, NaN with eps=0): an all-equal group is set to exactly 0.
+    constant = (r == r[:, :1]).all(dim=1, keepdim=True)
+    return centered.masked_fill(constant, 0.0).reshape(-1)
 
 
 def leave_one_out_advantages(rewards: Tensor, group_size: int) -> Tensor:
@@ -43,7 +46,8 @@ def leave_one_out_advantages(rewards: Tensor, group_size: int) -> Tensor:
     if group_size < 2:
         raise ValueError(f"leave_one_out_advantages needs group_size >= 2, got {group_size}")
     r = _groups(rewards, group_size)
-    return (group_size / (group_size - 1) * (r - r.mean(dim=1, keepdim=True))).reshape(-1)
+    adv = group_size / (group_size - 1) * (r - r.mean(dim=1, keepdim=True))
+    return adv.masked_fill((r == r[:, :1]).all(dim=1, keepdim=True), 0.0).reshape(-1)  # exact 0, as above
 
 
 def zero_std_groups(rewards: Tensor, group_size: int) -> Tensor:

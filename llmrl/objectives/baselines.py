@@ -14,34 +14,48 @@ def _mask(mask: Tensor | None, like: Tensor) -> Tensor:
     return torch.ones_like(like) if mask is None else mask.to(like.dtype)
 
 
-def constant_baseline(returns: Tensor, mask: Tensor | None = None) -> Tensor:
-    """b = mean of G_t over every valid step of the batch (a constant baseline); (N, T) -> (N, T)."""
-    m = _mask(mask, returns)
-    b = (returns * m).sum() / m.sum().clamp(min=1)
-    return b.expand_as(returns)
+def _weighted_mean(num: Tensor, den: Tensor, per_timestep: bool, leave_one_out: bool, min_den: float) -> Tensor:
+    """sum num / sum den over the batch (per time step: over dim 0 only), each row i optionally leaving out its
+    own terms; num, den (N, T) -> (N, T)."""
+    dims = (0,) if per_timestep else (0, 1)
+    total_num, total_den = num.sum(dim=dims, keepdim=True), den.sum(dim=dims, keepdim=True)
+    if leave_one_out:  # take away what row i contributed to the totals
+        total_num = total_num - (num if per_timestep else num.sum(dim=1, keepdim=True))
+        total_den = total_den - (den if per_timestep else den.sum(dim=1, keepdim=True))
+    return (total_num / total_den.clamp(min=min_den)).expand_as(num)
 
 
-def time_dependent_baseline(returns: Tensor, mask: Tensor | None = None) -> Tensor:
-    """b_t = mean over trajectories alive at t of G_t (a time-dependent baseline); (N, T) -> (N, T)."""
+def constant_baseline(returns: Tensor, mask: Tensor | None = None, leave_one_out: bool = False) -> Tensor:
+    """b = mean of G_t over every valid step of the batch (a constant baseline); (N, T) -> (N, T).
+
+    leave_one_out=True computes trajectory i's b from the other trajectories only, so that b does not depend on
+    trajectory i's actions and the estimator stays exactly unbiased (the batch mean is biased by O(1/N)).
+    """
     m = _mask(mask, returns)
-    b = (returns * m).sum(dim=0) / m.sum(dim=0).clamp(min=1)
-    return b.expand_as(returns)
+    return _weighted_mean(returns * m, m, per_timestep=False, leave_one_out=leave_one_out, min_den=1)
+
+
+def time_dependent_baseline(returns: Tensor, mask: Tensor | None = None, leave_one_out: bool = False) -> Tensor:
+    """b_t = mean over trajectories alive at t of G_t (a time-dependent baseline); (N, T) -> (N, T).
+
+    leave_one_out: as in `constant_baseline`, trajectory i's b_t averages the other trajectories alive at t.
+    """
+    m = _mask(mask, returns)
+    return _weighted_mean(returns * m, m, per_timestep=True, leave_one_out=leave_one_out, min_den=1)
 
 
 def optimal_baseline(returns: Tensor, grad_sq: Tensor, mask: Tensor | None = None,
-                     per_timestep: bool = True) -> Tensor:
+                     per_timestep: bool = True, leave_one_out: bool = False) -> Tensor:
     """Minimum-variance b = sum g^2 G / sum g^2 (Greensmith et al. 2004; seed ch. 7); (N, T) -> (N, T).
 
     `grad_sq` (N, T) is ||grad_theta log pi(a_t|s_t)||^2 for each step. Per time step (sums over the batch) by
     default, or one scalar for the batch with per_timestep=False. Steps with g = 0 everywhere get b = 0.
+    leave_one_out: as in `constant_baseline`, trajectory i's b uses only the other trajectories' sums.
     """
     m = _mask(mask, returns)
     w = grad_sq.to(returns.dtype) * m
-    if per_timestep:
-        b = (w * returns).sum(dim=0) / w.sum(dim=0).clamp(min=torch.finfo(returns.dtype).tiny)
-    else:
-        b = (w * returns).sum() / w.sum().clamp(min=torch.finfo(returns.dtype).tiny)
-    return b.expand_as(returns)
+    return _weighted_mean(w * returns, w, per_timestep=per_timestep, leave_one_out=leave_one_out,
+                          min_den=torch.finfo(returns.dtype).tiny)
 
 
 def value_loss(values: Tensor, returns: Tensor, old_values: Tensor | None = None, clip: float | None = None,

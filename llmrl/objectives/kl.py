@@ -25,7 +25,8 @@ def kl_k2(logp: Tensor, ref_logp: Tensor) -> Tensor:
 def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """k3 = r - log r - 1 with r = pi_ref / pi: unbiased and non-negative (GRPO's KL term); (..., T)."""
     log_r = ref_logp - logp
-    return torch.exp(log_r) - log_r - 1.0
+    # expm1: exp(x) - x - 1 cancels catastrophically near x = 0 and goes negative in float32/bf16.
+    return torch.expm1(log_r) - log_r
 
 
 KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}

@@ -54,6 +54,14 @@ def policy_gradient_loss(logp: Tensor, advantages: Tensor, mask: Tensor, mode: s
     return aggregate(-_per_token(advantages, logp).detach() * logp, mask, mode, **agg)
 
 
+def surrogate_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, mode: str = "token_mean",
+                   **agg) -> Tensor:
+    """Importance-sampled surrogate -rho A, rho = pi/pi_old (Kakade & Langford 2002; TRPO's objective, seed
+    Algorithm 9); (B, T). At pi = pi_old its gradient is the policy gradient."""
+    ratio = torch.exp(logp - old_logp.detach())
+    return aggregate(-ratio * _per_token(advantages, logp).detach(), mask, mode, **agg)
+
+
 def log_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor, level: str = "token") -> Tensor:
     """log pi/pi_old per token, or per sequence (GSPO, Zheng et al. 2025: mean token log-ratio) broadcast; (B, T)."""
     lr = logp - old_logp
@@ -142,7 +150,9 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantage
 
 def entropy(logits: Tensor, mask: Tensor | None = None) -> Tensor:
     """Entropy H = -sum_a p log p of softmax(logits) per position; logits (..., A) -> (...), zero where mask = 0."""
-    logp = F.log_softmax(logits.float(), dim=-1)
+    # Upcast half precision but keep float64; -inf (masked-out actions) -> finfo.min so 0 * log 0 is 0, not NaN.
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    logp = F.log_softmax(logits.clamp(min=torch.finfo(logits.dtype).min), dim=-1)
     h = -(logp.exp() * logp).sum(-1)
     return h if mask is None else h * mask.to(h.dtype)
 

@@ -71,7 +71,7 @@ def trust_region_step(params: Iterable[Tensor], loss_fn: Callable[[], Tensor], k
     sFs = (step_dir @ Fvp(step_dir)).clamp(min=1e-12)
     full_step = step_dir * torch.sqrt(2.0 * max_kl / sFs)
     expected = -(g @ full_step)  # first-order predicted decrease of the loss at frac = 1
-    loss_before = float(loss)
+    loss_before = float(loss.detach())
     frac = 1.0
     for _ in range(backtrack_iters):
         new_loss, kl = _evaluate(params, theta_old + frac * full_step, loss_fn, kl_fn)

@@ -1,0 +1,95 @@
+"""Q-networks for the DQN family: an MLP Q(s, .) with an optional dueling head and optional noisy layers."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..objectives import dueling_q_values
+
+
+class NoisyLinear(nn.Module):
+    """Factorized Gaussian noisy layer y = (mu_w + sigma_w * eps_w) x + mu_b + sigma_b * eps_b (Fortunato 2018,
+    sec. 3), eps_w = f(eps_out) f(eps_in)^T with f(x) = sgn(x) sqrt|x|.
+
+    In training mode the layer uses the noise drawn by the last `reset_noise()`; in eval mode it uses the means
+    only, so a trained agent acts deterministically.
+    """
+
+    def __init__(self, in_features: int, out_features: int, sigma0: float = 0.5):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight_mu = nn.Parameter(torch.empty(out_features, in_features))
+        self.weight_sigma = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias_mu = nn.Parameter(torch.empty(out_features))
+        self.bias_sigma = nn.Parameter(torch.empty(out_features))
+        # Buffers, not parameters: the noise is resampled, never learned, and travels with .to()/state_dict.
+        self.register_buffer("eps_in", torch.zeros(in_features))
+        self.register_buffer("eps_out", torch.zeros(out_features))
+        # The paper's initialization for factorized noise: mu ~ U[-1/sqrt(p), 1/sqrt(p)], sigma = sigma0/sqrt(p).
+        bound = 1.0 / math.sqrt(in_features)
+        nn.init.uniform_(self.weight_mu, -bound, bound)
+        nn.init.uniform_(self.bias_mu, -bound, bound)
+        nn.init.constant_(self.weight_sigma, sigma0 * bound)
+        nn.init.constant_(self.bias_sigma, sigma0 * bound)
+        self.reset_noise()
+
+    @staticmethod
+    def _f(x: Tensor) -> Tensor:
+        return x.sign() * x.abs().sqrt()
+
+    @torch.no_grad()
+    def reset_noise(self) -> None:
+        """Draw new eps_in, eps_out ~ N(0, 1) (p + q draws instead of p * q: the point of factorizing)."""
+        self.eps_in.copy_(self._f(torch.randn(self.in_features)))
+        self.eps_out.copy_(self._f(torch.randn(self.out_features)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return nn.functional.linear(x, self.weight_mu, self.bias_mu)
+        weight = self.weight_mu + self.weight_sigma * torch.outer(self.eps_out, self.eps_in)
+        bias = self.bias_mu + self.bias_sigma * self.eps_out
+        return nn.functional.linear(x, weight, bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class QNetwork(nn.Module):
+    """MLP Q(s, .): obs (B, obs_dim) -> (B, n_actions). ReLU hidden layers `hidden`; with `dueling` the last
+    hidden layer feeds a value head V (1) and an advantage head A (n_actions) combined by `dueling_q_values`;
+    with `noisy` every linear layer is a `NoisyLinear` (the paper replaces all fully connected layers)."""
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden: Sequence[int] = (256, 256), dueling: bool = False,
+                 noisy: bool = False, sigma0: float = 0.5):
+        super().__init__()
+        self.dueling, self.noisy = dueling, noisy
+        self.obs_dim, self.n_actions = obs_dim, n_actions
+
+        def linear(i: int, o: int) -> nn.Module:
+            return NoisyLinear(i, o, sigma0) if noisy else nn.Linear(i, o)
+
+        layers, width = [], obs_dim
+        for h in hidden:
+            layers += [linear(width, h), nn.ReLU()]
+            width = h
+        self.torso = nn.Sequential(*layers)
+        if dueling:
+            self.value_head = linear(width, 1)
+            self.advantage_head = linear(width, n_actions)
+        else:
+            self.q_head = linear(width, n_actions)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        z = self.torso(obs)
+        if self.dueling:
+            return dueling_q_values(self.value_head(z), self.advantage_head(z))
+        return self.q_head(z)
+
+    def reset_noise(self) -> None:
+        """Resample the noise of every NoisyLinear (a no-op without `noisy`)."""
+        for m in self.modules():
+            if isinstance(m, NoisyLinear):
+                m.reset_noise()

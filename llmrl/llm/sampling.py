@@ -1,0 +1,77 @@
+"""Sampling G completions per prompt with a KV cache: each prompt is prefilled ONCE and its cache expanded G
+times (HF `generate(num_return_sequences=G)` prefills every copy), then all B*G sequences decode together."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .logprobs import prompt_positions, run_decoder, lm_parts
+
+
+@dataclass
+class Completions:
+    """Sampled continuations, right-padded: ids/mask (N, C); mask is 1 up to and including the first EOS."""
+    ids: Tensor
+    mask: Tensor
+    truncated: Tensor  # (N,) bool: no EOS within max_new_tokens
+
+
+def sample_token(logits: Tensor, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                 generator: torch.Generator | None = None) -> Tensor:
+    """Draw one token per row from softmax(logits / T) restricted to the top-k and the top-p nucleus;
+    temperature 0 is greedy. logits (N, V) -> (N,)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    z = logits.float() / temperature
+    if top_k and top_k < z.shape[-1]:
+        kth = torch.topk(z, top_k, dim=-1).values[:, -1:]
+        z = z.masked_fill(z < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_z, order = torch.sort(z, dim=-1, descending=True)
+        cum = torch.softmax(sorted_z, -1).cumsum(-1)
+        drop = cum - torch.softmax(sorted_z, -1) > top_p  # keep the smallest prefix whose mass reaches top_p
+        z = z.scatter(-1, order, sorted_z.masked_fill(drop, float("-inf")))
+    return torch.multinomial(torch.softmax(z, -1), 1, generator=generator).squeeze(-1)
+
+
+def finish(tokens: Tensor, eos_ids: Tensor, pad_id: int) -> Completions:
+    """Mask out everything after each row's first EOS (kept) and replace it by the pad token."""
+    is_eos = torch.isin(tokens, eos_ids)
+    after = (is_eos.cumsum(-1) - is_eos.long()) > 0  # strictly after the first EOS
+    mask = (~after).long()
+    return Completions(tokens.masked_fill(after, pad_id), mask, ~is_eos.any(-1))
+
+
+@torch.no_grad()
+def sample_completions(model, prompt_ids: Tensor, prompt_mask: Tensor, num_generations: int, max_new_tokens: int,
+                       eos_token_ids: list[int], pad_token_id: int, temperature: float = 1.0, top_p: float = 1.0,
+                       top_k: int = 0, generator: torch.Generator | None = None,
+                       engine: str = "hf") -> Completions:
+    """G completions for each of B left-padded prompts (B, P); completion i belongs to prompt i // G."""
+    from transformers import DynamicCache
+
+    decoder, head = lm_parts(model)
+    G = num_generations
+    h, cache = run_decoder(decoder, prompt_ids, prompt_mask, prompt_positions(prompt_mask), DynamicCache())
+    for layer in cache.layers:
+        layer.keys = layer.keys.repeat_interleave(G, dim=0)
+        layer.values = layer.values.repeat_interleave(G, dim=0)
+    logits = head(h[:, -1]).repeat_interleave(G, dim=0)
+    pos = prompt_mask.long().sum(-1).repeat_interleave(G)[:, None]
+    mask = prompt_mask.repeat_interleave(G, dim=0)
+    eos = torch.tensor(eos_token_ids, device=prompt_ids.device)
+    done = torch.zeros(mask.shape[0], dtype=torch.bool, device=prompt_ids.device)
+    out = []
+    for t in range(max_new_tokens):
+        tok = sample_token(logits, temperature, top_p, top_k, generator)
+        tok = tok.masked_fill(done, pad_token_id)
+        out.append(tok)
+        done |= torch.isin(tok, eos)
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        h, cache = run_decoder(decoder, tok[:, None], mask, pos + t, cache)
+        logits = head(h[:, -1])
+    return finish(torch.stack(out, dim=1), eos, pad_token_id)

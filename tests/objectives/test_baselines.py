@@ -1,0 +1,126 @@
+"""Baselines against their defining means / minimizers, and the (clipped) value loss against its formula."""
+import pytest
+import torch
+
+from llmrl.objectives import constant_baseline, optimal_baseline, time_dependent_baseline, value_loss
+
+
+def _data(N=6, T=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    G = torch.randn(N, T, generator=g, dtype=torch.float64) + 3.0
+    lengths = torch.randint(1, T + 1, (N,), generator=g)
+    lengths[0] = T  # every time step has at least one live trajectory
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).double()
+    grad_sq = torch.rand(N, T, generator=g, dtype=torch.float64) * 2
+    return G, mask, grad_sq
+
+
+def test_constant_baseline_is_mean_over_valid_steps():
+    G, mask, _ = _data()
+    valid = G[mask.bool()]
+    b = constant_baseline(G, mask)
+    assert b.shape == G.shape
+    torch.testing.assert_close(b, torch.full_like(G, float(valid.mean())))
+    torch.testing.assert_close(constant_baseline(G), torch.full_like(G, float(G.mean())))
+
+
+def test_time_dependent_baseline_is_mean_of_alive_trajectories():
+    G, mask, _ = _data()
+    b = time_dependent_baseline(G, mask)
+    for t in range(G.shape[1]):
+        alive = mask[:, t].bool()
+        torch.testing.assert_close(b[:, t], G[alive, t].mean().expand(G.shape[0]))
+
+
+@pytest.mark.parametrize("per_timestep", [True, False])
+def test_optimal_baseline_minimizes_weighted_second_moment(per_timestep):
+    # b* = argmin_b sum_i g_i^2 (G_i - b)^2, the second moment of the estimate g (G - b) (equal to its variance
+    # because E[g] = 0 for a score function). Check the closed form, then that a scan finds no better b.
+    G, mask, grad_sq = _data(seed=1)
+    b = optimal_baseline(G, grad_sq, mask, per_timestep=per_timestep)
+    assert b.shape == G.shape
+    w = grad_sq * mask
+    cols = [slice(t, t + 1) for t in range(G.shape[1])] if per_timestep else [slice(None)]
+    for c in cols:
+        closed = (w[:, c] * G[:, c]).sum() / w[:, c].sum()
+        torch.testing.assert_close(b[0, c], closed.expand_as(b[0, c]))
+        scan = torch.linspace(float(closed) - 2, float(closed) + 2, 4001, dtype=torch.float64)
+        moment = (w[:, c].reshape(-1, 1) * (G[:, c].reshape(-1, 1) - scan) ** 2).sum(0)
+        assert abs(float(scan[moment.argmin()]) - float(closed)) <= 1e-3 + 1e-12
+        assert float((w[:, c] * (G[:, c] - closed) ** 2).sum()) <= float(moment.min()) + 1e-12
+
+
+def test_optimal_baseline_with_equal_weights_is_time_dependent_mean():
+    G, mask, _ = _data(seed=2)
+    torch.testing.assert_close(optimal_baseline(G, torch.ones_like(G), mask), time_dependent_baseline(G, mask))
+
+
+def test_optimal_baseline_zero_weights_give_zero_not_nan():
+    G, mask, grad_sq = _data()
+    grad_sq[:, 2] = 0
+    b = optimal_baseline(G, grad_sq, mask)
+    assert torch.isfinite(b).all() and (b[:, 2] == 0).all()
+
+
+def test_value_loss_unclipped_and_clipped():
+    g = torch.Generator().manual_seed(3)
+    V, R, V_old = (torch.randn(4, 7, generator=g, dtype=torch.float64) for _ in range(3))
+    mask = (torch.rand(4, 7, generator=g) < 0.7).double()
+    mask[0, 0] = 1
+    n = mask.sum()
+    torch.testing.assert_close(value_loss(V, R, mask=mask), 0.5 * (((V - R) ** 2) * mask).sum() / n)
+    c = 0.2
+    elementwise = []
+    for v, r, vo in zip(V.flatten().tolist(), R.flatten().tolist(), V_old.flatten().tolist()):
+        v_clip = min(max(v, vo - c), vo + c)
+        elementwise.append(max((v - r) ** 2, (v_clip - r) ** 2))
+    expected = 0.5 * (torch.tensor(elementwise, dtype=torch.float64).view(4, 7) * mask).sum() / n
+    torch.testing.assert_close(value_loss(V, R, V_old, clip=c, mask=mask), expected)
+    # inside the clip range the clipped loss is the plain one
+    torch.testing.assert_close(value_loss(V, R, V, clip=c), value_loss(V, R))
+
+
+def test_value_loss_clipped_gradient_is_zero_when_clipped_term_dominates():
+    # V moved away from the target beyond the clip: the max picks the constant clipped term -> zero gradient.
+    V = torch.tensor([2.0], dtype=torch.float64, requires_grad=True)
+    value_loss(V, torch.tensor([0.0], dtype=torch.float64), torch.tensor([1.5], dtype=torch.float64),
+               clip=0.2).backward()
+    torch.testing.assert_close(V.grad, torch.tensor([2.0], dtype=torch.float64))  # (V - R) = 2: unclipped wins
+    V = torch.tensor([0.5], dtype=torch.float64, requires_grad=True)  # moved toward R=0 past the clip
+    value_loss(V, torch.tensor([0.0], dtype=torch.float64), torch.tensor([1.5], dtype=torch.float64),
+               clip=0.2).backward()
+    torch.testing.assert_close(V.grad, torch.tensor([0.0], dtype=torch.float64))
+
+
+def test_value_loss_clip_without_old_values_raises():
+    with pytest.raises(ValueError, match="old_values"):
+        value_loss(torch.zeros(3), torch.zeros(3), clip=0.2)
+
+
+@pytest.mark.parametrize("per_timestep", [True, False])
+def test_leave_one_out_baselines_match_explicit_means_over_other_rows(per_timestep):
+    G, mask, grad_sq = _data(N=7, seed=4)
+    mask[1] = 1  # at least two live rows per step, so every leave-one-out mean is defined
+    N, T = G.shape
+    w_opt = grad_sq * mask
+    cases = [(constant_baseline(G, mask, leave_one_out=True), mask, False),
+             (optimal_baseline(G, grad_sq, mask, per_timestep=per_timestep, leave_one_out=True), w_opt,
+              per_timestep)]
+    if per_timestep:
+        cases.append((time_dependent_baseline(G, mask, leave_one_out=True), mask, True))
+    for b, w, per_t in cases:
+        for i in range(N):
+            others = [j for j in range(N) if j != i]
+            for t in range(T):
+                cols = [t] if per_t else list(range(T))
+                ww = w[others][:, cols]
+                expected = (ww * G[others][:, cols]).sum() / ww.sum()
+                torch.testing.assert_close(b[i, t], expected)
+
+
+def test_leave_one_out_baseline_with_no_other_row_is_zero():
+    G = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]], dtype=torch.float64)  # only row 0 is alive at t=1
+    b = time_dependent_baseline(G, mask, leave_one_out=True)
+    torch.testing.assert_close(b, torch.tensor([[3.0, 0.0], [1.0, 2.0]], dtype=torch.float64))
+    assert torch.isfinite(optimal_baseline(G, torch.ones_like(G), mask, leave_one_out=True)).all()

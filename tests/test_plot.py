@@ -1,0 +1,93 @@
+import json
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from llmrl.plot import default_keys, main, moving_average, plot_run, read_metrics
+from llmrl.utils import RunLogger
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_rows(path, rows, tail=""):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + tail)
+
+
+def llm_rows(n=5):
+    return [{"step": s, "time": 0.1 * s, "reward": 0.1 * s, "reward_std": 0.2, "rewards/gsm8k": 0.1 * s,
+             "rewards/format": 0.5, "rewards/format/std": 0.1, "kl": 0.01 * s, "completion_length": 40 + s,
+             "loss": -0.1, "lr": 1e-5} for s in range(n)]
+
+
+def assert_png(path):
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_MAGIC
+    image = imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_llm_run_default_keys_and_png(tmp_path):
+    write_rows(tmp_path / "metrics.jsonl", llm_rows())
+    rows = read_metrics(str(tmp_path / "metrics.jsonl"))
+    assert default_keys(list(rows[0])) == ["reward", "rewards/format", "rewards/gsm8k", "kl", "completion_length",
+                                           "loss"]
+    out = plot_run(str(tmp_path))
+    assert out == str(tmp_path / "curves.png")
+    assert_png(out)
+
+
+def test_classic_run_with_run_logger(tmp_path):
+    logger = RunLogger(str(tmp_path), tensorboard=False)
+    for step in range(30):
+        logger.log({"episode_return": float(step % 7), "epsilon": 1.0 - step / 30}, step=step)
+    logger.close()
+    assert default_keys(["time", "episode_return", "epsilon"]) == ["episode_return"]
+    out = tmp_path / "sub" / "c.png"
+    main([str(tmp_path), "--out", str(out), "--keys", "episode_return", "epsilon"])
+    assert_png(out)
+
+
+def test_moving_average_hand_values():
+    np.testing.assert_allclose(moving_average(np.array([1.0, 3.0, 5.0, 7.0]), 2), [1.0, 2.0, 4.0, 6.0])
+    np.testing.assert_allclose(moving_average(np.array([2.0, 4.0, 9.0]), 5), [2.0, 3.0, 5.0])
+    np.testing.assert_allclose(moving_average(np.array([2.0, 4.0]), 1), [2.0, 4.0])
+
+
+def test_truncated_last_line_is_skipped(tmp_path):
+    write_rows(tmp_path / "metrics.jsonl", llm_rows(3), tail='{"step": 3, "reward": 0.')
+    assert [r["step"] for r in read_metrics(str(tmp_path / "metrics.jsonl"))] == [0, 1, 2]
+    assert_png(plot_run(str(tmp_path)))
+
+
+def test_corrupt_middle_line_and_missing_step_are_errors(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 0, "loss": 1}\n{"step": 1, "lo\n{"step": 2, "loss": 1}\n')
+    with pytest.raises(ValueError, match=r"read_metrics: line 2 of .* is not valid JSON"):
+        read_metrics(str(path))
+    path.write_text('{"step": 0, "loss": 1}\n{"loss": 1}\n')
+    with pytest.raises(ValueError, match=r"read_metrics: line 2 of .* has no 'step'"):
+        read_metrics(str(path))
+
+
+def test_unknown_key_lists_available(tmp_path):
+    write_rows(tmp_path / "metrics.jsonl", llm_rows())
+    with pytest.raises(ValueError, match=r"^plot_run: no numeric key 'rewardz' in .*; available: time, reward, "
+                                         r"reward_std, rewards/gsm8k, rewards/format, rewards/format/std, kl, "
+                                         r"completion_length, loss, lr$"):
+        plot_run(str(tmp_path), keys=["reward", "rewardz"])
+    with pytest.raises(SystemExit, match=r"^llmrl-plot: plot_run: no numeric key 'rewardz'"):
+        main([str(tmp_path), "--keys", "rewardz"])
+
+
+def test_no_default_keys_is_an_error(tmp_path):
+    write_rows(tmp_path / "metrics.jsonl", [{"step": 0, "custom": 1.0}])
+    with pytest.raises(ValueError, match=r"none of the default keys .*; pick some with --keys from: custom$"):
+        plot_run(str(tmp_path))
+
+
+def test_missing_run_dir_or_metrics(tmp_path):
+    with pytest.raises(SystemExit, match=r"^llmrl-plot: plot_run: run directory .*nope does not exist$"):
+        main([str(tmp_path / "nope")])
+    with pytest.raises(FileNotFoundError, match=r"read_metrics: .*metrics\.jsonl does not exist"):
+        plot_run(str(tmp_path))
