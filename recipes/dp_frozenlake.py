@@ -89,8 +89,9 @@ def main(cfg: DPConfig) -> None:
         v = r_pi + P_pi @ v
     p_goal = float(mdp.s0 @ v)
     rate = success_rate(env, policy, cfg.eval_episodes, cfg.seed)
+    two_sigma = 2 * np.sqrt(p_goal * (1 - p_goal) / cfg.eval_episodes)
     print(f"\nP(goal within {limit} steps) from s0: exact {p_goal:.4f}, "
-          f"env {rate:.4f} over {cfg.eval_episodes} episodes (+-{2 * np.sqrt(p_goal * (1 - p_goal) / cfg.eval_episodes):.4f})")
+          f"env {rate:.4f} over {cfg.eval_episodes} episodes (+-{two_sigma:.4f})")
     print(f"V(s0) above = {float(mdp.s0 @ V):.4f}; exact discounted V^pi(s0) of the greedy policy = "
           f"{float(mdp.s0 @ policy_evaluation(mdp, policy)):.4f}")
 

@@ -2,7 +2,8 @@
 policy evaluation (linear solve or sweeps) and policy iteration.
 
 Every backup is vectorized over states: Q = r + gamma * (P @ V).reshape(A, S).T is one sparse mat-vec with
-P stored action-major as (A*S, S) (see mdp.py). Policies are int arrays (S,) (deterministic) or (S, A) probabilities (stochastic).
+P stored action-major as (A*S, S) (see mdp.py). Policies are int arrays (S,) (deterministic) or (S, A)
+probabilities (stochastic).
 
 Stopping rules for discounted value iteration (gamma < 1), both guaranteeing that the returned greedy policy is
 tol-optimal, ||V* - V^pi||_inf < tol, and that the returned V is within tol/2 of V*:
@@ -23,7 +24,7 @@ import scipy.sparse.linalg as spla
 
 from .mdp import TabularMDP
 
-DIRECT_MAX_STATES = 2000  # above this "exact" evaluation uses BiCGSTAB: sparse LU of a random P_pi fills in
+DIRECT_MAX_STATES = 500  # above this "exact" evaluation tries BiCGSTAB first: sparse LU of a random P_pi fills in
 
 
 @dataclass
@@ -163,17 +164,19 @@ def policy_evaluation(mdp: TabularMDP, policy: np.ndarray, method: str = "exact"
                       max_iters: int = 1_000_000) -> np.ndarray:
     """V^pi (S,) of a deterministic (S,) or stochastic (S, A) policy.
 
-    method="exact": solve (I - gamma P_pi) V = r_pi (eq. 3) on the non-terminal states (V = 0 on terminals):
-    sparse LU (SuperLU) up to DIRECT_MAX_STATES states, BiCGSTAB to a 1e-12 relative residual above (the LU of
-    a random 1e4-state P_pi takes ~30 s from fill-in; BiCGSTAB takes milliseconds since the spectrum of
-    gamma P_pi lies in the disk of radius gamma). method="iterative": sweep V <- r_pi + gamma P_pi V (eq. 10) until
-    ||V - V^pi||_inf < tol (gamma < 1; with gamma = 1 until a sweep changes V by less than tol).
+    method="exact": solve (I - gamma P_pi) V = r_pi (eq. 3) on the non-terminal states (V = 0 on terminals) to a
+    1e-10 relative residual: sparse LU (SuperLU) up to DIRECT_MAX_STATES states; above, BiCGSTAB first (the LU
+    of a random 1e4-state P_pi takes ~30 s from fill-in, BiCGSTAB milliseconds: gamma P_pi's spectrum lies in
+    the disk of radius gamma) and sparse LU where BiCGSTAB stalls (gamma = 1, long episodes).
+    method="iterative": sweep V <- r_pi + gamma P_pi V (eq. 10) until ||V - V^pi||_inf < tol (gamma < 1; with
+    gamma = 1 until a sweep changes V by less than tol).
     """
     P_pi, r_pi = policy_matrices(mdp, policy)
     g = mdp.gamma
     if method == "iterative":
         _check_tolerance(tol, max_iters, "policy_evaluation")
-        threshold = tol if g == 1.0 else (np.inf if g == 0.0 else tol * (1 - g) / g)  # ||V_k - V^pi|| <= g/(1-g) ||V_k - V_{k-1}||
+        # ||V_k - V^pi|| <= g/(1-g) ||V_k - V_{k-1}|| (T_pi is a g-contraction)
+        threshold = tol if g == 1.0 else (np.inf if g == 0.0 else tol * (1 - g) / g)
         V = np.zeros(mdp.S)
         for _ in range(max_iters):
             V_new = r_pi + g * (P_pi @ V)
@@ -190,22 +193,29 @@ def policy_evaluation(mdp: TabularMDP, policy: np.ndarray, method: str = "exact"
     if n == 0:
         return V
     M = sp.eye_array(n, format="csr") - g * (P_pi[live][:, live] if n < mdp.S else P_pi)
-    b = r_pi[live]
-    if n <= DIRECT_MAX_STATES:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", spla.MatrixRankWarning)  # a singular M is reported below
-            x = np.atleast_1d(spla.spsolve(M.tocsc(), b))
-    else:
-        x, info = spla.bicgstab(M, b, rtol=1e-12, atol=0.0, maxiter=20_000)
-        if info != 0 and g < 1.0:
-            raise RuntimeError(f"policy_evaluation: BiCGSTAB did not converge on S={n} (info={info}); "
-                               "use method='iterative'")
-    if not np.isfinite(x).all() or np.abs(M @ x - b).max() > 1e-8 * (1 + np.abs(b).max()):
+    x = _solve(M, r_pi[live])
+    if x is None:
         raise ValueError("policy_evaluation: I - gamma P_pi is singular" + (
             ": with gamma=1 the policy must reach a terminal state from every state (a proper policy); "
             "start from a proper policy or use gamma < 1" if g == 1.0 else ""))
     V[live] = x
     return V
+
+
+def _solve(M: sp.csr_array, b: np.ndarray) -> np.ndarray | None:
+    """x with M x = b to a 1e-10 relative residual, or None if M is singular. Large systems try BiCGSTAB first
+    (milliseconds where sparse LU fills in); it can stall when gamma = 1 makes M ill-conditioned, then LU."""
+    def solved(x):
+        return np.isfinite(x).all() and np.abs(M @ x - b).max() <= 1e-10 * (1 + np.abs(b).max())
+
+    if M.shape[0] > DIRECT_MAX_STATES:
+        x, info = spla.bicgstab(M, b, rtol=1e-13, atol=0.0, maxiter=10_000)
+        if info == 0 and solved(x):
+            return x
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", spla.MatrixRankWarning)  # a singular M is reported by the caller
+        x = np.atleast_1d(spla.spsolve(M.tocsc(), b))
+    return x if solved(x) else None
 
 
 def policy_iteration(mdp: TabularMDP, policy: np.ndarray | None = None, evaluation: str = "exact",

@@ -31,8 +31,10 @@ class TabularMDP:
     """A finite MDP: P(s'|s,a) as CSR (A*S, S) (row a*S + s), R(s,a,s') on P's pattern, r(s,a) (S, A), gamma, s0 (S,).
 
     P: a dense (S, A, S) array indexed [s, a, s'], a scipy sparse (S*A, S) matrix with row s*A + a, or a list
-    of A sparse (S, S) matrices (pymdptoolbox's sparse layout). R: (S, A) expected rewards r(s,a), or R(s,a,s') in any of
-    P's layouts. gamma: discount in [0, 1]. s0: an initial state or a distribution (S,). horizon: optional H.
+    of A sparse (S, S) matrices (pymdptoolbox's sparse layout).
+    R: (S, A) expected rewards r(s,a), or R(s,a,s') in any of P's layouts.
+    gamma: discount in [0, 1]. s0: an initial state or a distribution (S,). horizon: optional H (finite-horizon
+    problems; value_iteration uses it when no horizon is passed).
     """
 
     def __init__(self, P: Any, R: Any, gamma: float, s0: int | Sequence[float] | np.ndarray = 0,
@@ -43,7 +45,7 @@ class TabularMDP:
         rows = np.repeat(np.arange(self.A * self.S), np.diff(self.P.indptr))
         # Fortran order: r is (S, A) for the reader but stored (A, S) like P's rows, so r + (P @ V).reshape(A, S).T
         # stays contiguous
-        self.r = np.asfortranarray(r) if r is not None else np.bincount(
+        self.r = np.array(r, dtype=float, order="F") if r is not None else np.bincount(
             rows, self.P.data * self.R.data, minlength=self.A * self.S).reshape(self.A, self.S).T
         if not (isinstance(gamma, (int, float, np.floating)) and 0.0 <= float(gamma) <= 1.0):
             raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}")
@@ -174,7 +176,8 @@ class TabularMDP:
         probs = (w / w.sum(axis=1, keepdims=True)).ravel()
         P = sp.coo_array((probs, (rows, cols)), shape=(A * S, S)).tocsr()
         r = rng.random((S, A))
-        return cls([P[a * S:(a + 1) * S] for a in range(A)], r, gamma, s0=np.full(S, 1.0 / S), horizon=horizon, name=f"random(S={S},A={A})")
+        return cls([P[a * S:(a + 1) * S] for a in range(A)], r, gamma, s0=np.full(S, 1.0 / S), horizon=horizon,
+                   name=f"random(S={S},A={A})")
 
     @classmethod
     def forest(cls, S: int = 3, r1: float = 4.0, r2: float = 2.0, p: float = 0.1, gamma: float = 0.9) -> "TabularMDP":

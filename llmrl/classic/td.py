@@ -95,9 +95,23 @@ def _policy_probs(policy: np.ndarray, S: int, A: int) -> np.ndarray:
                      f"got {policy.dtype} {policy.shape}")
 
 
-def _step_index(by: str) -> None:
-    if by not in ("visits", "steps"):
-        raise ValueError(f"alpha_by must be 'visits' (t = visits of the updated entry) or 'steps', got {by!r}")
+def _check_run(fn: str, episodes: int, gamma: float, alpha_by: str) -> None:
+    if episodes < 1:
+        raise ValueError(f"{fn} episodes must be >= 1, got {episodes}")
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"{fn} gamma must be in [0, 1], got {gamma}")
+    if alpha_by not in ("visits", "steps"):
+        raise ValueError(f"{fn} alpha_by must be 'visits' (t = visits of the updated entry) or 'steps', "
+                         f"got {alpha_by!r}")
+
+
+def _initial(table: np.ndarray | None, shape: tuple, name: str) -> np.ndarray:
+    if table is None:
+        return np.zeros(shape)
+    table = np.array(table, dtype=float)
+    if table.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {table.shape}")
+    return table
 
 
 # ------------------------------------------------------------------------------------------------ learners
@@ -108,10 +122,10 @@ def q_learning(env: gym.Env, episodes: int, gamma: float = 0.99, alpha: float | 
     with the max term dropped only when s' is terminal. alpha(t): t = visits of (s, a) so far (or env steps);
     epsilon(t): t = episode index. Returns Q (S, A) and the per-episode returns."""
     S, A = _sizes(env)
-    _step_index(alpha_by)
+    _check_run("q_learning", episodes, gamma, alpha_by)
     alpha_t, eps_t = _schedule(alpha, "alpha", 0.0, 1.0), _schedule(epsilon, "epsilon", 0.0, 1.0)
     rng = np.random.default_rng(seed)
-    Q = np.zeros((S, A)) if Q0 is None else np.array(Q0, dtype=float)
+    Q = _initial(Q0, (S, A), "Q0")
     visits = np.zeros((S, A), dtype=np.int64)
     returns, lengths, step = np.zeros(episodes), np.zeros(episodes, dtype=np.int64), 0
     for ep in range(episodes):
@@ -137,12 +151,12 @@ def td0_evaluation(env: gym.Env, policy: np.ndarray, episodes: int, gamma: float
     """TD(0) policy evaluation (eq. 11): V(s) += alpha (r + gamma V(s') - V(s)) along episodes of the fixed
     int (S,) or stochastic (S, A) policy, V(s') dropped only when s' is terminal. Returns V (S,)."""
     S, A = _sizes(env)
-    _step_index(alpha_by)
+    _check_run("td0_evaluation", episodes, gamma, alpha_by)
     alpha_t = _schedule(alpha, "alpha", 0.0, 1.0)
     probs = _policy_probs(policy, S, A)
     cdf = np.cumsum(probs, axis=1)
     rng = np.random.default_rng(seed)
-    V = np.zeros(S) if V0 is None else np.array(V0, dtype=float)
+    V = _initial(V0, (S,), "V0")
     visits = np.zeros(S, dtype=np.int64)
     returns, lengths, step = np.zeros(episodes), np.zeros(episodes, dtype=np.int64), 0
     for ep in range(episodes):
@@ -170,7 +184,7 @@ def td_policy_improvement(env: gym.Env, rounds: int = 20, episodes_per_round: in
     `episodes_per_round` episodes of pi, then improves pi <- epsilon-greedy(Q). Q carries over between rounds;
     epsilon > 0 keeps every action tried so that Q stays estimable without a model. Returns Q and pi (S, A)."""
     S, A = _sizes(env)
-    _step_index(alpha_by)
+    _check_run("td_policy_improvement", rounds * episodes_per_round, gamma, alpha_by)
     alpha_t = _schedule(alpha, "alpha", 0.0, 1.0)
     if not 0.0 < epsilon <= 1.0:
         raise ValueError(f"td_policy_improvement epsilon must be in (0, 1] so every action keeps being tried, "

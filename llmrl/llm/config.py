@@ -97,6 +97,7 @@ class GRPOConfig:
     max_nonfinite_steps: int = _h("Stop after this many consecutive steps with a non-finite loss or gradient.",
                                   default=3)
     save_merged: bool = _h("Also save the model with the LoRA adapter merged into its weights.", default=False)
+    use_cpu: bool = _h("Train on the CPU even when a GPU is present.", default=False)
     # --- evaluation ---
     eval_dataset: str | None = _h("Held-out set for greedy accuracy (default: `dataset` with eval_split).",
                                   default=None)

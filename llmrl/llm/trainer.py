@@ -134,7 +134,10 @@ class GRPOTrainer:
 
         cfg = self.cfg = config
         report_to = [t for t in cfg.report_to if t != "none"]
-        self.acc = accelerator or Accelerator(log_with=report_to or None, project_dir=cfg.output_dir)
+        # Without a GPU, accelerate only runs several processes (torchrun, DDP over gloo) when told to use the CPU.
+        no_gpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+        self.acc = accelerator or Accelerator(cpu=cfg.use_cpu or no_gpu, log_with=report_to or None,
+                                              project_dir=cfg.output_dir)
         seed_everything(cfg.seed)
         self.dtype = resolve_dtype(cfg.dtype)
         # --- model: LoRA (reference = adapter disabled) or full fine-tuning (reference = frozen copy) ---
@@ -268,7 +271,7 @@ class GRPOTrainer:
         elif cfg.advantage == "rloo":
             r.advantages = O.leave_one_out_advantages(r.rewards, G)
         else:
-            r.advantages = r.rewards - O.constant_baseline(r.rewards)
+            r.advantages = r.rewards - O.constant_baseline(r.rewards[:, None])[:, 0]  # batch-mean baseline
         return r
 
     def optimize(self, r: Rollout) -> dict:
@@ -310,12 +313,11 @@ class GRPOTrainer:
                 sums["entropy"] += float((ent * mask).sum()) / max(r.completion_mask.sum().item(), 1)
             grad_norm = self._clip_and_check()
             if grad_norm is None or not math.isfinite(sums["loss"]):
-                self.opt.zero_grad(set_to_none=True)
-                skipped += 1
+                skipped += 1  # a non-finite loss or gradient: no update (the step counts toward the stop rule)
             else:
                 self.opt.step()
-                self.opt.zero_grad(set_to_none=True)
-            self.sched.step()
+                self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
             if it == 0:
                 stats = dict(sums, grad_norm=grad_norm if grad_norm is not None else float("nan"))
         if old is not None and cfg.num_iterations > 1:
@@ -423,6 +425,54 @@ class GRPOTrainer:
         if acc.is_main_process and self.logger is not None:
             self.logger.close()
         return history
+
+    # ------------------------------------------------------------------ evaluation and the final model
+    @torch.no_grad()
+    def evaluate(self, dataset, n: int, reward: str = "gsm8k") -> dict:
+        """Greedy accuracy (mean of the reward function `reward`, 1 = correct) on the first n rows of `dataset`;
+        the processes split the rows and their counts are summed."""
+        from .rewards import get_reward_functions as _get
+
+        cfg, acc = self.cfg, self.acc
+        fn = _get([reward])
+        rows = [dataset[i] for i in range(min(n, len(dataset)))][acc.process_index::acc.num_processes]
+        correct, total, samples = 0.0, 0, []
+        self.model.eval()
+        for s in range(0, len(rows), cfg.eval_batch_size):
+            batch = rows[s:s + cfg.eval_batch_size]
+            prompts = [make_prompt(row, cfg.prompt_column, cfg.system_prompt) for row in batch]
+            ids, mask = self._tokenize_prompts(prompts)
+            try:
+                with self._autocast():
+                    comp = sample_completions(self.model, ids, mask, 1, cfg.max_new_tokens, self.eos_ids,
+                                              self.tok.pad_token_id, temperature=0.0, engine=cfg.sampler)
+            except RuntimeError as e:
+                raise (out_of_memory_hint(e, "evaluation") or e) from e
+            texts = self.tok.batch_decode(comp.ids * comp.mask + self.tok.pad_token_id * (1 - comp.mask),
+                                          skip_special_tokens=True)
+            columns = {k: [row[k] for row in batch] for k in batch[0] if k != "prompt"}
+            scores, _ = score_completions(fn, None, prompts, texts, columns)
+            correct += float(scores.sum())
+            total += len(batch)
+            samples += [{"prompt": p, "completion": t, "score": float(x)} for p, t, x in zip(prompts, texts, scores)]
+        self.model.train()
+        counts = acc.reduce(torch.tensor([correct, float(total)], device=acc.device), "sum")
+        return {"accuracy": (counts[0] / counts[1].clamp(min=1)).item(), "n": int(counts[1].item()),
+                "samples": samples}
+
+    def save_final(self, merged: bool = False) -> str:
+        """Save the trained adapter (peft format) or model, with the tokenizer, to output_dir/final; with
+        `merged`, also the model with the adapter folded into its weights to output_dir/final-merged."""
+        acc, out = self.acc, os.path.join(self.cfg.output_dir, "final")
+        if acc.is_main_process:
+            self.model.save_pretrained(out)
+            self.tok.save_pretrained(out)
+            if merged and self.is_peft:
+                full = copy.deepcopy(self.model).merge_and_unload()
+                full.save_pretrained(out + "-merged")
+                self.tok.save_pretrained(out + "-merged")
+        acc.wait_for_everyone()
+        return out
 
 
 def _targets(modules: list[str]) -> list[str] | str:

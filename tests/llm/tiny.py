@@ -47,3 +47,38 @@ def save_tiny(path: str, seed: int = 0) -> str:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
+
+
+def tiny_dataset(n: int = 24):
+    """GSM8K-format rows over the tiny tokenizer's characters."""
+    import datasets
+
+    return datasets.Dataset.from_list([{"question": f"What is {i % 7} + {i % 5}?", "answer": f"#### {i % 7 + i % 5}"}
+                                       for i in range(n)])
+
+
+def length_reward(prompts, completions, answer, **kwargs):
+    """A dense, deterministic reward so groups rarely tie: prefers completions with many digits."""
+    return [sum(ch.isdigit() for ch in c) / 4 + 0.01 * len(c) for c in completions]
+
+
+def tiny_trainer(output_dir, reward_funcs=None, lora: bool = True, seed: int = 0, **overrides):
+    """A GRPOTrainer on the tiny model (LoRA r=4 with non-zero B, so the adapter changes log-probs)."""
+    from llmrl.llm.config import GRPOConfig
+    from llmrl.llm.model import LoraSettings, add_lora
+    from llmrl.llm.trainer import GRPOTrainer
+
+    model, tok = tiny_model(seed)
+    if lora:
+        model = add_lora(model, LoraSettings(r=4, alpha=8))
+        g = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    kw = dict(output_dir=str(output_dir), max_steps=2, per_device_batch_size=8, num_generations=4,
+              max_new_tokens=10, micro_batch_size=8, report_to=["none"], learning_rate=1e-2, seed=seed,
+              dtype="float32", overwrite_output_dir=True)
+    kw.update(overrides)
+    return GRPOTrainer(GRPOConfig(**kw), model=model, tokenizer=tok,
+                       reward_funcs=reward_funcs or [length_reward], train_dataset=tiny_dataset())

@@ -1,0 +1,160 @@
+"""Benchmark of the policy-gradient family (issue 5) beside Stable-Baselines3 PPO, in one invocation.
+
+CartPole-v1, every agent from its recipe over the seeds: env steps until the mean return of the last 20 training
+episodes reaches 475, deterministic evaluation over 20 episodes (reset seeds 1000..1019, as the anchor), and
+the training wall time (the loop only, as the anchor times only `learn()`). SB3 PPO runs through
+../shared/anchors/sb3_cartpole.py as-is, paired seed by seed with our PPO at the same step budget. Also
+REINFORCE with each baseline (the value-baseline runs report every baseline's gradient variance on the same
+batches) and PPO on Pendulum-v1.
+
+    python bench/pg_cartpole.py [--seeds 0 1 2 3 4] [--only sb3_ppo ppo ...] [--out bench/results/pg.json]
+
+Every run is a subprocess under `flock /tmp/llmrl-bench.lock` (the machine is shared: runs never overlap). Raw
+results go to --out as JSON (re-running with --only keeps the other entries), the markdown tables to stdout
+and next to it (.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ANCHOR = ROOT.parent / "shared" / "anchors" / "sb3_cartpole.py"
+LOCK = "/tmp/llmrl-bench.lock"
+BASELINES = ("none", "constant", "time_dependent", "optimal", "value")
+
+# name -> (recipe, extra flags, step budget)
+RUNS = {
+    "ppo": ("ppo_cartpole", [], 100_000),
+    "kl_ppo": ("kl_ppo_cartpole", [], 200_000),
+    "a2c": ("a2c_cartpole", [], 200_000),
+    "trpo": ("trpo_cartpole", [], 200_000),
+    **{f"reinforce_{b}": ("reinforce_cartpole", ["--baseline", b] + (["--report_variance", "True"] if b == "value"
+                                                                    else []), 300_000) for b in BASELINES},
+    "ppo_pendulum": ("ppo_pendulum", [], None),
+}
+
+
+def run_json(cmd: list[str]) -> dict:
+    """Run `cmd` under the benchmark lock; its last stdout line parsed as JSON."""
+    out = subprocess.run(["flock", LOCK, *cmd], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_ours(name: str, seed: int, run_root: Path) -> dict:
+    recipe, flags, budget = RUNS[name]
+    run_dir = run_root / f"{name}_s{seed}"
+    cmd = [sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), "--seed", str(seed), "--run_dir", str(run_dir),
+           "--progress", "False", "--tensorboard", "False", *flags]
+    if budget is not None:
+        cmd += ["--total_steps", str(budget)]
+    res = run_json(cmd)
+    if name == "reinforce_value":  # mean over the run's batches of each baseline's variance, and of its ratio to none
+        rows = [r for r in map(json.loads, open(run_dir / "metrics.jsonl")) if "grad_var/none" in r]
+        res["grad_var"] = {b: statistics.fmean(r[f"grad_var/{b}"] for r in rows) for b in BASELINES}
+        res["grad_var_ratio"] = {b: statistics.fmean(r[f"grad_var/{b}"] / r["grad_var/none"] for r in rows)
+                                 for b in BASELINES}
+    return res
+
+
+def run_sb3(seed: int) -> dict:
+    res = run_json([sys.executable, str(ANCHOR), "ppo", str(seed), "100000"])
+    return {"seed": seed, "total_steps": res["total_steps"], "wall_s": res["wall_s"],
+            "steps_to_solve": res["steps_to_475"], "eval_mean_return": res["eval_mean_return"]}
+
+
+def _median(xs):
+    return statistics.median(xs) if xs else None
+
+
+def _fmt(x, digits=0):
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def summary_row(name: str, runs: list[dict]) -> str:
+    solved = [r["steps_to_solve"] for r in runs if r["steps_to_solve"] is not None]
+    # unsolved runs count as "more than the budget": the median is reported only when most runs solved
+    med = _median(solved) if len(solved) * 2 > len(runs) else None
+    per_seed = ", ".join("-" if r["steps_to_solve"] is None else f"{r['steps_to_solve'] / 1000:.1f}k" for r in runs)
+    wall = [r["wall_s"] for r in runs]
+    wall_100k = [r["wall_s"] / r["total_steps"] * 1e5 for r in runs]
+    evals = [r["eval_mean_return"] for r in runs]
+    return (f"| {name} | {runs[0]['total_steps'] / 1000:.0f}k | {len(solved)}/{len(runs)} | {_fmt(med)} | {per_seed} | "
+            f"{statistics.fmean(evals):.1f} (min {min(evals):.0f}) | {_median(wall):.1f} | {_median(wall_100k):.1f} |")
+
+
+def tables(results: dict) -> str:
+    head = ("| agent | budget | solved | median steps to 475 | steps to 475 per seed | eval return, mean over "
+            "seeds | wall s (median) | wall s / 100k steps |\n|---|---|---|---|---|---|---|---|")
+    lines = ["### CartPole-v1", "", head]
+    for name in ("sb3_ppo", "ppo", "kl_ppo", "a2c", "trpo"):
+        if results.get(name):
+            lines.append(summary_row("SB3 PPO (anchor)" if name == "sb3_ppo" else name, results[name]))
+    if results.get("sb3_ppo") and results.get("ppo"):
+        pairs = [(o, s) for o in results["ppo"] for s in results["sb3_ppo"] if o["seed"] == s["seed"]]
+        ratios = [o["wall_s"] / s["wall_s"] for o, s in pairs]
+        lines += ["", f"PPO / SB3 wall time, paired by seed: {', '.join(f'{r:.2f}' for r in ratios)} "
+                      f"(median {_median(ratios):.2f})."]
+    reinforce = [f"reinforce_{b}" for b in BASELINES if results.get(f"reinforce_{b}")]
+    if reinforce:
+        lines += ["", "### REINFORCE baselines on CartPole-v1", "", head.replace("| agent |", "| baseline |")]
+        lines += [summary_row(n.removeprefix("reinforce_"), results[n]) for n in reinforce]
+        value_runs = [r for r in results.get("reinforce_value", []) if "grad_var" in r]
+        if value_runs:
+            lines += ["", "Gradient-estimator variance (trace of the covariance of the single-episode estimate), "
+                          "every baseline on the same batches of the value-baseline runs, mean over batches and "
+                          "seeds:", "", "| baseline | variance | variance / none (mean of per-batch ratios) |",
+                      "|---|---|---|"]
+            for b in BASELINES:
+                var = statistics.fmean(r["grad_var"][b] for r in value_runs)
+                ratio = statistics.fmean(r["grad_var_ratio"][b] for r in value_runs)
+                lines.append(f"| {b} | {var:,.0f} | {ratio:.3f} |")
+    if results.get("ppo_pendulum"):
+        runs = results["ppo_pendulum"]
+        evals = [r["eval_mean_return"] for r in runs]
+        lines += ["", "### PPO on Pendulum-v1", "", "| budget | eval return per seed | mean | wall s (median) |",
+                  "|---|---|---|---|",
+                  f"| {runs[0]['total_steps'] / 1000:.0f}k | {', '.join(f'{e:.0f}' for e in evals)} | "
+                  f"{statistics.fmean(evals):.1f} | {_median([r['wall_s'] for r in runs]):.1f} |"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--only", nargs="+", default=None, help=f"subset of: sb3_ppo {' '.join(RUNS)}")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "pg_cartpole.json"))
+    parser.add_argument("--run_root", default=str(ROOT / "runs" / "bench_pg"))
+    args = parser.parse_args()
+    names = args.only or ["sb3_ppo", *RUNS]
+    unknown = sorted(set(names) - {"sb3_ppo", *RUNS})
+    if unknown:
+        parser.error(f"--only: unknown runs {unknown}")
+    results = json.load(open(args.out)) if os.path.exists(args.out) else {}
+    results.pop("_meta", None)
+    for name in names:
+        results[name] = []
+    t0 = time.time()
+    for seed in args.seeds:  # seed-major, so SB3 and ours see the machine in the same state
+        for name in names:
+            res = run_sb3(seed) if name == "sb3_ppo" else run_ours(name, seed, Path(args.run_root))
+            results[name].append(res)
+            print(f"[{time.time() - t0:7.0f}s] {name} seed {seed}: {json.dumps(res)}", flush=True)
+            os.makedirs(os.path.dirname(args.out), exist_ok=True)
+            with open(args.out, "w") as f:
+                json.dump(results | {"_meta": {"date": time.strftime("%Y-%m-%d"), "seeds": args.seeds}}, f, indent=1)
+    md = tables(results)
+    Path(args.out).with_suffix(".md").write_text(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

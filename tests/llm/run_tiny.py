@@ -1,0 +1,24 @@
+"""Run the GRPO recipe on the tiny model, as a user would from the command line (used by subprocess tests).
+
+    python tests/llm/run_tiny.py MODEL_DIR DATA_JSONL [recipe flags...]
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+from llmrl.llm.rewards import REWARD_FUNCTIONS  # noqa: E402
+from tests.llm.tiny import length_reward  # noqa: E402
+
+REWARD_FUNCTIONS["length"] = length_reward
+
+if __name__ == "__main__":
+    from recipes.grpo_gsm8k import main
+    model_dir, data = sys.argv[1], sys.argv[2]
+    main(["--model", model_dir, "--dataset", data, "--reward_funcs", "length", "--dtype", "float32",
+          "--per_device_batch_size", "8", "--num_generations", "4", "--max_new_tokens", "8",
+          "--learning_rate", "1e-2", "--report_to", "none", "--system_prompt", "", *sys.argv[3:]])

@@ -1,0 +1,92 @@
+"""Checkpoint and resume: a run killed with SIGKILL and resumed ends with the same weights and metrics as an
+uninterrupted one; a save interrupted half-way never leaves a checkpoint that loads half."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmrl.llm import checkpoint as ckpt
+from tests.llm.tiny import save_tiny, tiny_dataset, tiny_trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TIMING = {"time", "tokens_per_s", "step_time", "gen_time"}
+
+
+def _run(model_dir, data, out, *flags, wait=True):
+    cmd = [sys.executable, os.path.join(ROOT, "tests", "llm", "run_tiny.py"), model_dir, data,
+           "--output_dir", out, "--max_steps", "40", "--save_steps", "1", "--save_total_limit", "2", *flags]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    if wait:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _metrics(out):
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in open(f"{out}/metrics.jsonl")]
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
+    model_dir = save_tiny(tmp_path / "model")
+    data = str(tmp_path / "data.jsonl")
+    tiny_dataset(24).to_json(data)
+    a = str(tmp_path / "a")
+    res = _run(model_dir, data, a)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+    b = str(tmp_path / "b")
+    proc = _run(model_dir, data, b, wait=False)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(ckpt.list_checkpoints(b)) == 0:  # kill somewhere after a first save
+        time.sleep(0.05)
+    time.sleep(0.2)  # then at whatever point the run has reached
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.list_checkpoints(b), "the run was killed before any checkpoint"
+    assert not os.path.exists(f"{b}/final"), "the run finished before it was killed; the test proves nothing"
+    res = _run(model_dir, data, b, "--resume", "latest")
+    assert res.returncode == 0, res.stderr[-2000:]
+
+    wa, wb = load_file(f"{a}/final/adapter_model.safetensors"), load_file(f"{b}/final/adapter_model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert _metrics(a) == _metrics(b)
+    base = load_file(f"{a}/checkpoint-40/adapter/adapter_model.safetensors")
+    assert any(not torch.equal(base[k], torch.zeros_like(base[k])) for k in base if "lora_B" in k)  # it learned
+
+
+def test_interrupted_save_leaves_previous_checkpoint_usable(tmp_path, monkeypatch):
+    tr = tiny_trainer(tmp_path, max_steps=3, save_steps=1)
+    tr.step()
+    good = ckpt.save_checkpoint(tr)
+    tr.step()
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def dying_save(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the RNG state went out; die while writing the trainer state
+            raise KeyboardInterrupt("killed mid-save")
+        return real_save(obj, f, *a, **k)
+    monkeypatch.setattr(ckpt.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(tr)
+    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    assert ckpt.find_checkpoint(str(tmp_path), "latest") == good
+    assert os.path.isdir(f"{tmp_path}/checkpoint-2.tmp") and not os.path.exists(f"{tmp_path}/checkpoint-2")
+    fresh = tiny_trainer(tmp_path / "x", max_steps=3)
+    ckpt.load_checkpoint(fresh, good)
+    assert fresh.step_count == 1
+    ckpt.save_checkpoint(tr)  # a later save replaces the leftover
+    assert not os.path.exists(f"{tmp_path}/checkpoint-2.tmp") and os.path.isdir(f"{tmp_path}/checkpoint-2")
+
+
+def test_resume_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        ckpt.find_checkpoint(str(tmp_path), "latest")
+    with pytest.raises(FileNotFoundError, match="not a checkpoint directory"):
+        ckpt.find_checkpoint(str(tmp_path), str(tmp_path))
