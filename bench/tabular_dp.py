@@ -16,7 +16,8 @@ Solvers compared:
 - PI: llmrl policy_iteration (exact evaluation: sparse LU up to 2000 states, BiCGSTAB to 1e-12 above) vs
   pymdptoolbox PolicyIteration (default eval_type="matrix": a dense S x S solve).
 
-Each solve runs in a fresh subprocess with one BLAS thread (on a shared 2-core box OpenBLAS threads that spin
+A size a library cannot handle shows the error it raised (pymdptoolbox's input check compares each sparse P[a]
+with 0, which materializes a dense S x S array). Each solve runs in a fresh subprocess with one BLAS thread (on a shared 2-core box OpenBLAS threads that spin
 against other processes made level-1 BLAS ~100x slower). Memory = peak RSS of the solve above the RSS holding the
 raw input (Linux VmHWM, reset before the solve). Accuracy: max |V - V_ref| and the fraction of states whose action
 equals the reference policy, the reference being llmrl's policy iteration (exact up to the solver residual).
@@ -101,27 +102,10 @@ def run_one(lib, algo, S, A, args, tmpdir) -> dict:
     except subprocess.TimeoutExpired:
         return {"status": f"timed out after {timeout:.0f} s"}
     if p.returncode != 0:
-        return {"status": "failed: " + (p.stderr.strip().splitlines() or ["?"])[-1][:120]}
+        return {"status": "failed: " + (p.stderr.strip().splitlines() or ["?"])[-1][:200]}
     row = json.loads(p.stdout.strip().splitlines()[-1])
     row.update(status="ok", file=out)
     return row
-
-
-def skip_reason(lib, algo, S, A, measured) -> str | None:
-    """pymdptoolbox sizes it cannot handle on a 24 GB / 2-core box, said without running them."""
-    if lib != "pymdptoolbox":
-        return None
-    if algo == "pi" and 3 * 8 * S * S > 16e9:
-        return f"not run: its dense S x S policy matrix alone is {8 * S * S / 1e9:.0f} GB"
-    if algo == "vi_span":  # its constructor's iteration bound loops over states in Python: time grows like S^2
-        smaller = [(s, r) for (l, a, s, aa), r in measured.items()
-                   if l == lib and a == algo and aa == A and r.get("status") == "ok"]
-        if smaller:
-            s, r = max(smaller)
-            projected = r["seconds"] * (S / s) ** 2
-            if projected > 3600:
-                return f"not run: ~{projected / 3600:.0f} h projected (S^2 growth from S={s})"
-    return None
 
 
 def main() -> None:
@@ -132,11 +116,17 @@ def main() -> None:
     ap.add_argument("--eps", type=float, default=0.01, help="VI tolerance (the greedy policy is eps-optimal)")
     ap.add_argument("--peer_timeout", type=float, default=900, help="seconds allowed to one pymdptoolbox solve")
     ap.add_argument("--out", default="runs/bench_tabular_dp.json")
+    ap.add_argument("--table_from", default=None, help="print the Markdown table of a saved --out JSON and exit")
     ap.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         lib, algo, S, A, gamma, eps, out = args.child
         return child(lib, algo, int(S), int(A), float(gamma), float(eps), out)
+    if args.table_from:
+        with open(args.table_from) as f:
+            saved = json.load(f)
+        keys = ("library", "algorithm", "S", "A")
+        return print(markdown({tuple(r[k] for k in keys): r for r in saved["rows"]}))
 
     import numpy as np
 
@@ -151,8 +141,8 @@ def main() -> None:
         for A in args.actions:
             for S in args.sizes:
                 for lib, algo, label in SOLVERS:
-                    reason = skip_reason(lib, algo, S, A, measured) if have_peer or lib == "llmrl" else "not installed"
-                    row = {"status": reason} if reason else run_one(lib, algo, S, A, args, tmpdir)
+                    installed = have_peer or lib == "llmrl"
+                    row = run_one(lib, algo, S, A, args, tmpdir) if installed else {"status": "not installed"}
                     measured[(lib, algo, S, A)] = row
                     ref = measured[("llmrl", "pi", S, A)]
                     if row.get("status") == "ok" and ref.get("status") == "ok":
@@ -169,23 +159,31 @@ def main() -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"gamma": args.gamma, "eps": args.eps, "rows": rows}, f, indent=1)
-    print(markdown(measured, args))
+    print(markdown(measured))
 
 
-def markdown(measured: dict, args) -> str:
-    """The results as the Markdown table of docs/BENCHMARKS.md (time growth: ratio to the previous size)."""
-    lines = ["| S | A | solver | time (s) | iterations | peak memory (MB) | max abs(V - V*) | policy = PI's | "
-             "time x per 10x S |", "|---|---|---|---|---|---|---|---|---|"]
+def markdown(measured: dict) -> str:
+    """The results as the Markdown table of docs/BENCHMARKS.md (time growth: ratio to the size 10x smaller)."""
+    lines = ["| S | A | solver | time (s) | of which setup (s) | iterations | peak memory (MB) | max abs(V - V*) | "
+             "policy = PI's | time x per 10x S |", "|---|---|---|---|---|---|---|---|---|---|"]
     for (lib, algo, S, A), r in measured.items():
         label = next(lbl for lb, al, lbl in SOLVERS if (lb, al) == (lib, algo))
         if r.get("status") != "ok":
-            lines.append(f"| {S:,} | {A} | {label} | {r['status']} | | | | | |")
+            status = r["status"]
+            if "Unable to allocate" in status:  # numpy's MemoryError, without its long tail
+                status = "failed: MemoryError, " + status[status.index("Unable"):].split(" and data")[0]
+            lines.append(f"| {S:,} | {A} | {label} | {status} | | | | | | |")
             continue
         prev = measured.get((lib, algo, S // 10, A), {})
         growth = f"{r['seconds'] / prev['seconds']:.1f}" if prev.get("status") == "ok" else ""
-        lines.append(f"| {S:,} | {A} | {label} | {r['seconds']:.3f} | {r['iterations']} | {r['peak_mb']:.0f} | "
-                     f"{r.get('max_abs_V_err', float('nan')):.1e} | {r.get('policy_agreement', float('nan')):.1%} | "
-                     f"{growth} |")
+        reference = (lib, algo) == ("llmrl", "pi")
+        err = "(reference)" if reference else f"{r.get('max_abs_V_err', float('nan')):.1e}"
+        agree = "(reference)" if reference else f"{r.get('policy_agreement', float('nan')):.1%}"
+        mb = r["peak_mb"]
+        lines.append(f"| {S:,} | {A} | {label} | {r['seconds']:.3f} | {r['setup_seconds']:.3f} | {r['iterations']} | "
+                     f"{mb:.1f} | {err} | {agree} | {growth} |" if mb < 10 else
+                     f"| {S:,} | {A} | {label} | {r['seconds']:.3f} | {r['setup_seconds']:.3f} | {r['iterations']} | "
+                     f"{mb:.0f} | {err} | {agree} | {growth} |")
     return "\n".join(lines)
 
 

@@ -24,7 +24,7 @@ class DPConfig:
     map_name: str = field(default="8x8", metadata={"help": "FrozenLake map: 4x4 or 8x8."})
     is_slippery: bool = field(default=True, metadata={"help": "Slippery ice (the intended move w.p. 1/3)."})
     gamma: float = field(default=0.99, metadata={"help": "Discount factor in [0, 1)."})
-    tol: float = field(default=1e-8, metadata={"help": "VI: the greedy policy is tol-optimal (sup-norm rule)."})
+    tol: float = field(default=1e-8, metadata={"help": "VI: the greedy policy is tol-optimal (by the --stop rule)."})
     stop: str = field(default="sup", metadata={"help": "VI stopping rule: sup or span (see llmrl.classic.dp)."})
     evaluation: str = field(default="exact", metadata={"help": "PI policy evaluation: exact or iterative."})
     horizon: int = field(default=0, metadata={"help": "VI only: > 0 solves the H-step problem (Algorithm 1) "

@@ -10,6 +10,11 @@ from torch import Tensor, nn
 from ..objectives import dueling_q_values
 
 
+def factorized_noise(z: Tensor) -> Tensor:
+    """f(z) = sgn(z) sqrt|z|, the scaling of factorized Gaussian noise (Fortunato 2018, eq. 11)."""
+    return z.sign() * z.abs().sqrt()
+
+
 class NoisyLinear(nn.Module):
     """Factorized Gaussian noisy layer y = (mu_w + sigma_w * eps_w) x + mu_b + sigma_b * eps_b (Fortunato 2018,
     sec. 3), eps_w = f(eps_out) f(eps_in)^T with f(x) = sgn(x) sqrt|x|.
@@ -25,9 +30,9 @@ class NoisyLinear(nn.Module):
         self.weight_sigma = nn.Parameter(torch.empty(out_features, in_features))
         self.bias_mu = nn.Parameter(torch.empty(out_features))
         self.bias_sigma = nn.Parameter(torch.empty(out_features))
-        # Buffers, not parameters: the noise is resampled, never learned, and travels with .to()/state_dict.
-        self.register_buffer("eps_in", torch.zeros(in_features))
-        self.register_buffer("eps_out", torch.zeros(out_features))
+        # Buffers, not parameters: the noise is resampled, never learned; it moves with .to() but is not saved.
+        self.register_buffer("eps_in", torch.zeros(in_features), persistent=False)
+        self.register_buffer("eps_out", torch.zeros(out_features), persistent=False)
         # The paper's initialization for factorized noise: mu ~ U[-1/sqrt(p), 1/sqrt(p)], sigma = sigma0/sqrt(p).
         bound = 1.0 / math.sqrt(in_features)
         nn.init.uniform_(self.weight_mu, -bound, bound)
@@ -36,15 +41,14 @@ class NoisyLinear(nn.Module):
         nn.init.constant_(self.bias_sigma, sigma0 * bound)
         self.reset_noise()
 
-    @staticmethod
-    def _f(x: Tensor) -> Tensor:
-        return x.sign() * x.abs().sqrt()
-
-    @torch.no_grad()
     def reset_noise(self) -> None:
-        """Draw new eps_in, eps_out ~ N(0, 1) (p + q draws instead of p * q: the point of factorizing)."""
-        self.eps_in.copy_(self._f(torch.randn(self.in_features)))
-        self.eps_out.copy_(self._f(torch.randn(self.out_features)))
+        """Draw new noise from p + q standard normals instead of p * q (the point of factorizing)."""
+        eps = factorized_noise(torch.randn(self.in_features + self.out_features, device=self.weight_mu.device))
+        self.set_noise(*eps.split([self.in_features, self.out_features]))
+
+    def set_noise(self, eps_in: Tensor, eps_out: Tensor) -> None:
+        """Use the already scaled noise f(z_in) (in_features,), f(z_out) (out_features,)."""
+        self.eps_in, self.eps_out = eps_in, eps_out
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
@@ -90,6 +94,11 @@ class QNetwork(nn.Module):
 
     def reset_noise(self) -> None:
         """Resample the noise of every NoisyLinear (a no-op without `noisy`)."""
-        for m in self.modules():
-            if isinstance(m, NoisyLinear):
-                m.reset_noise()
+        layers = [m for m in self.modules() if isinstance(m, NoisyLinear)]
+        if not layers:
+            return
+        # One draw for the whole network: a handful of tensor ops per update instead of a dozen per layer.
+        sizes = [n for m in layers for n in (m.in_features, m.out_features)]
+        eps = factorized_noise(torch.randn(sum(sizes), device=layers[0].weight_mu.device)).split(sizes)
+        for i, m in enumerate(layers):
+            m.set_noise(eps[2 * i], eps[2 * i + 1])

@@ -78,7 +78,7 @@ class GRPOConfig:
     warmup_steps: int = _h("Optimizer steps of linear warm-up.", default=0)
     weight_decay: float = _h("AdamW weight decay.", default=0.0)
     adam_beta1: float = _h("AdamW beta1.", default=0.9)
-    adam_beta2: float = _h("AdamW beta2.", default=0.99)
+    adam_beta2: float = _h("AdamW beta2.", default=0.999)
     max_grad_norm: float = _h("Gradient-norm clipping (0 = off).", default=1.0)
     max_steps: int = _h("Training steps (one generation batch each).", default=100)
     seed: int = _h("Seed for data order, sampling and initialization.", default=0)
@@ -108,7 +108,7 @@ class GRPOConfig:
     # --- speed ---
     shared_prefix: bool = _h("Compute each prompt once per group in the log-prob forward (exact).", default=True)
     sampler: str = _h("Decoding engine: 'auto' (fast Llama-family decoder when supported) | 'hf'.", default="auto")
-    logprob_chunk: int = _h("Positions per chunk of the LM-head log-softmax.", default=1024)
+    logprob_chunk: int = _h("Positions per chunk of the LM-head log-softmax.", default=256)
 
     def __post_init__(self):
         def need(ok: bool, msg: str):

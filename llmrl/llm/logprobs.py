@@ -19,7 +19,12 @@ from torch import Tensor
 
 
 class _ChunkedLogprobs(torch.autograd.Function):
-    """log softmax(W h / T)[y] and the entropy of softmax(W h / T), chunk by chunk; logits are never stored."""
+    """log softmax(W h / T)[y] and the entropy of softmax(W h / T), chunk by chunk; logits are never stored.
+
+    Written for memory traffic: per chunk, the forward reads the fp32 logits z' = z - max(z) four times (max,
+    exp, and the two sums below) and the backward three times (exp, scale, cast), all in place. With
+    S = sum exp(z'): log pi(y) = z'_y - log S and H = log S - sum(exp(z') z') / S.
+    """
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float, chunk: int):
@@ -29,12 +34,17 @@ class _ChunkedLogprobs(torch.autograd.Function):
         lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
         w = weight.to(hidden.dtype)
         for s in range(0, n, chunk):
-            z = (hidden[s:s + chunk] @ w.T).float() / temperature
-            lse_c = torch.logsumexp(z, dim=-1)
-            logp[s:s + chunk] = z.gather(-1, targets[s:s + chunk, None]).squeeze(-1) - lse_c
-            p = torch.softmax(z, dim=-1)
-            ent[s:s + chunk] = lse_c - (p * z).sum(-1)
-            lse[s:s + chunk] = lse_c
+            h = hidden[s:s + chunk] / temperature  # (h / T) W^T = z / T: scale the small operand
+            z = (h @ w.T).float()
+            zmax = z.amax(dim=-1, keepdim=True)
+            z.sub_(zmax)
+            e = torch.exp(z)
+            S = e.sum(-1)
+            ez = torch.bmm(e.unsqueeze(1), z.unsqueeze(2)).view(-1)  # sum(e z') without a temporary
+            logS = S.log()
+            logp[s:s + chunk] = z.gather(-1, targets[s:s + chunk, None]).squeeze(-1) - logS
+            ent[s:s + chunk] = logS - ez / S
+            lse[s:s + chunk] = logS + zmax.squeeze(-1)
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.temperature, ctx.chunk = temperature, chunk
         ctx.mark_non_differentiable(ent)
@@ -48,14 +58,14 @@ class _ChunkedLogprobs(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         for s in range(0, hidden.shape[0], chunk):
-            h = hidden[s:s + chunk]
-            z = (h @ w.T).float() / T
-            # d logp / d z = (onehot(y) - softmax(z)) / T, scaled by the incoming gradient
-            g = -torch.exp(z - lse[s:s + chunk, None]) * grad_logp[s:s + chunk, None]
-            g.scatter_add_(-1, targets[s:s + chunk, None], grad_logp[s:s + chunk, None])
-            g = (g / T).to(hidden.dtype)
+            h = hidden[s:s + chunk] / T
+            gl = grad_logp[s:s + chunk, None]
+            # d logp_y / d z = onehot(y) - softmax(z), z = W h / T: g = grad * (onehot(y) - p), in place on z
+            g = (h @ w.T).float().sub_(lse[s:s + chunk, None]).exp_().mul_(-gl)
+            g.scatter_add_(-1, targets[s:s + chunk, None], gl)
+            g = g.to(hidden.dtype)
             if grad_hidden is not None:
-                grad_hidden[s:s + chunk] = g @ w
+                grad_hidden[s:s + chunk] = (g @ w) / T
             if grad_weight is not None:
                 grad_weight += (g.T @ h).float()
         if grad_weight is not None:

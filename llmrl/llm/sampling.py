@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .logprobs import prompt_positions, run_decoder, lm_parts
+from . import fast_decode
+from .logprobs import lm_parts, prompt_positions, run_decoder
 
 
 @dataclass
@@ -33,7 +34,10 @@ def sample_token(logits: Tensor, temperature: float = 1.0, top_p: float = 1.0, t
         cum = torch.softmax(sorted_z, -1).cumsum(-1)
         drop = cum - torch.softmax(sorted_z, -1) > top_p  # keep the smallest prefix whose mass reaches top_p
         z = z.scatter(-1, order, sorted_z.masked_fill(drop, float("-inf")))
-    return torch.multinomial(torch.softmax(z, -1), 1, generator=generator).squeeze(-1)
+    # Inverse-CDF draw: one uniform number per row (torch.multinomial draws one per vocabulary entry).
+    cdf = torch.softmax(z, -1).cumsum(-1)
+    u = torch.rand(z.shape[0], 1, generator=generator, device=z.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).squeeze(-1).clamp(max=z.shape[-1] - 1)
 
 
 def finish(tokens: Tensor, eos_ids: Tensor, pad_id: int) -> Completions:
@@ -48,12 +52,28 @@ def finish(tokens: Tensor, eos_ids: Tensor, pad_id: int) -> Completions:
 def sample_completions(model, prompt_ids: Tensor, prompt_mask: Tensor, num_generations: int, max_new_tokens: int,
                        eos_token_ids: list[int], pad_token_id: int, temperature: float = 1.0, top_p: float = 1.0,
                        top_k: int = 0, generator: torch.Generator | None = None,
-                       engine: str = "hf") -> Completions:
-    """G completions for each of B left-padded prompts (B, P); completion i belongs to prompt i // G."""
+                       engine: str = "auto") -> Completions:
+    """G completions for each of B left-padded prompts (B, P); completion i belongs to prompt i // G.
+
+    engine="auto" uses the lean Llama-family decoder (llmrl.llm.fast_decode) when the model is one, else the
+    model's own forward ("hf")."""
+    eos = torch.tensor(eos_token_ids, device=prompt_ids.device)
+    next_token = lambda logits: sample_token(logits, temperature, top_p, top_k, generator)  # noqa: E731
+    if engine == "auto" and fast_decode.supports(model):
+        tokens = fast_decode.LlamaSampler(model).generate(prompt_ids, prompt_mask, num_generations,
+                                                          max_new_tokens, next_token, eos, pad_token_id)
+    else:
+        tokens = hf_decode(model, prompt_ids, prompt_mask, num_generations, max_new_tokens, next_token, eos,
+                           pad_token_id)
+    return finish(tokens, eos, pad_token_id)
+
+
+def hf_decode(model, prompt_ids: Tensor, prompt_mask: Tensor, G: int, max_new_tokens: int, next_token,
+              eos: Tensor, pad_token_id: int) -> Tensor:
+    """Decode with the model's own forward and a DynamicCache: prefill once, expand the cache G times."""
     from transformers import DynamicCache
 
     decoder, head = lm_parts(model)
-    G = num_generations
     h, cache = run_decoder(decoder, prompt_ids, prompt_mask, prompt_positions(prompt_mask), DynamicCache())
     for layer in cache.layers:
         layer.keys = layer.keys.repeat_interleave(G, dim=0)
@@ -61,12 +81,10 @@ def sample_completions(model, prompt_ids: Tensor, prompt_mask: Tensor, num_gener
     logits = head(h[:, -1]).repeat_interleave(G, dim=0)
     pos = prompt_mask.long().sum(-1).repeat_interleave(G)[:, None]
     mask = prompt_mask.repeat_interleave(G, dim=0)
-    eos = torch.tensor(eos_token_ids, device=prompt_ids.device)
     done = torch.zeros(mask.shape[0], dtype=torch.bool, device=prompt_ids.device)
     out = []
     for t in range(max_new_tokens):
-        tok = sample_token(logits, temperature, top_p, top_k, generator)
-        tok = tok.masked_fill(done, pad_token_id)
+        tok = next_token(logits).masked_fill(done, pad_token_id)
         out.append(tok)
         done |= torch.isin(tok, eos)
         if bool(done.all()) or t == max_new_tokens - 1:
@@ -74,4 +92,4 @@ def sample_completions(model, prompt_ids: Tensor, prompt_mask: Tensor, num_gener
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         h, cache = run_decoder(decoder, tok[:, None], mask, pos + t, cache)
         logits = head(h[:, -1])
-    return finish(torch.stack(out, dim=1), eos, pad_token_id)
+    return torch.stack(out, dim=1)

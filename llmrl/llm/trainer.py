@@ -232,6 +232,7 @@ class GRPOTrainer:
     def generate(self, rows: list[dict]) -> Rollout:
         """Steps 1-5: sample G completions per prompt, score, compute advantages (and reference log-probs)."""
         cfg, G = self.cfg, self.cfg.num_generations
+        t0 = time.perf_counter()
         prompts = [make_prompt(row, cfg.prompt_column, cfg.system_prompt) for row in rows]
         prompt_ids, prompt_mask = self._tokenize_prompts(prompts)
         self.model.eval()
@@ -249,6 +250,7 @@ class GRPOTrainer:
         columns = {k: [row[k] for row in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
         rep_prompts = [p for p in prompts for _ in range(G)]
         total, per_func = score_completions(self.reward_funcs, cfg.reward_weights, rep_prompts, texts, columns)
+        t_sampled = time.perf_counter()
         r = Rollout(prompt_ids, prompt_mask, comp.ids, comp.mask,
                     torch.arange(len(rows), device=prompt_ids.device).repeat_interleave(G),
                     total.to(prompt_ids.device), torch.zeros(len(texts), device=prompt_ids.device),
@@ -257,6 +259,7 @@ class GRPOTrainer:
         beta = self.kl_ctl.beta
         if beta > 0:
             r.ref_logp = self._reference_logprobs(r)
+        r.info["sample_time"], r.info["after_sample_time"] = t_sampled - t0, time.perf_counter() - t_sampled
         if beta > 0 and cfg.kl_in == "reward":
             # PPO-RLHF style: r_i <- r_i - beta * sum_t KL_t, with log pi taken under the current policy
             logp = torch.cat([self._logp_of(self.policy, r, sl)[0] for sl in self._micro_batches(len(texts))])
@@ -339,6 +342,7 @@ class GRPOTrainer:
         r = self.generate(rows)
         t_gen = time.perf_counter() - t0
         stats = self.optimize(r)
+        stats["optimize_time"] = time.perf_counter() - t0 - t_gen
         self.step_count += 1
         if stats["skipped_updates"]:
             self.nonfinite_in_a_row += 1
@@ -378,6 +382,7 @@ class GRPOTrainer:
         m.update({"completion_length": lengths.mean().item(), "completion_length_max": lengths.max().item(),
                   "truncated_frac": g(r.info["truncated"]).mean().item(),
                   "tokens_per_s": lengths.sum().item() / step_time, "step_time": step_time, "gen_time": gen_time,
+                  "sample_time": r.info["sample_time"], "optimize_time": stats["optimize_time"],
                   "learning_rate": self.sched.get_last_lr()[0], "skipped_updates": stats["skipped_updates"]})
         return m
 

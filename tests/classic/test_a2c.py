@@ -17,7 +17,7 @@ from .test_policies import ALTERNATE_ID, HORIZON, TRACK_ID, register_toy_envs, r
 class LinearValue(nn.Module):
     """V(s) = w . s: a critic whose value of any observation the test can compute by hand."""
 
-    w = torch.tensor([3.0, -1.0])
+    w = torch.arange(1.0, HORIZON + 2)
 
     def forward(self, obs):
         return obs @ self.w
@@ -35,8 +35,9 @@ def _collect(tmp_path, num_steps=12, num_envs=3):
     envs = make_vec_env(ALTERNATE_ID, num_envs, seed=0)
     actor = Actor(envs.single_observation_space, envs.single_action_space, [])  # logits = W s + b
     with torch.no_grad():  # right action with probability sigmoid(3) = 0.95: episodes end both ways
-        actor.net[0].weight.copy_(torch.tensor([[0.0, -1.5], [0.0, 1.5]]))
-        actor.net[0].bias.copy_(torch.tensor([0.75, -0.75]))
+        parity = torch.arange(HORIZON + 1) % 2
+        actor.net[0].weight.copy_(torch.stack([1.5 - 3.0 * parity, 3.0 * parity - 1.5]))
+        actor.net[0].bias.zero_()
     collector = RolloutCollector(envs, actor, LinearValue(), num_steps, run, seed=0)
     return collector, collector.collect(), cfg
 
@@ -44,14 +45,14 @@ def _collect(tmp_path, num_steps=12, num_envs=3):
 def test_collector_bootstraps_truncations_with_the_final_observation(tmp_path):
     collector, ro, _ = _collect(tmp_path)
     V = LinearValue()
-    final_obs = torch.tensor([1.0, HORIZON % 2])  # AlternateEnv's observation after H steps
+    final_obs = torch.eye(HORIZON + 1)[HORIZON]  # AlternateEnv's observation after H steps
     N, T = ro.rewards.shape
     assert ro.dones.sum() > 0 and (ro.dones - ro.terminated).sum() > 0  # both kinds of episode end happened
     for i in range(N):
         for t in range(T):
             obs = ro.obs[i, t]
             assert ro.values[i, t] == V(obs)
-            assert ro.rewards[i, t] == float(ro.actions[i, t] == obs[1])  # the env's rule
+            assert ro.rewards[i, t] == float(ro.actions[i, t] == obs.argmax() % 2)  # the env's rule
             assert ro.terminated[i, t] == 1 - ro.rewards[i, t]  # a wrong action terminates
             if ro.terminated[i, t]:
                 expected = 0.0
@@ -92,9 +93,9 @@ def test_smoke_discrete_and_continuous(tmp_path, env_id, advantage):
 
 
 def test_learns_tiny_envs(tmp_path):
-    res = train_a2c(_cfg(tmp_path / "d", env_id=ALTERNATE_ID, total_steps=4000, eval_episodes=5))
+    res = train_a2c(_cfg(tmp_path / "d", env_id=ALTERNATE_ID, total_steps=1500, eval_episodes=1))
     assert res["eval_mean_return"] == 5.0, res
-    res = train_a2c(_cfg(tmp_path / "c", env_id=TRACK_ID, total_steps=12000, eval_episodes=5,
+    res = train_a2c(_cfg(tmp_path / "c", env_id=TRACK_ID, total_steps=4000, eval_episodes=1,
                          learning_rate=3e-3, num_steps=5))
     assert res["eval_mean_return"] > -0.3, res
 

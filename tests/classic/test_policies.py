@@ -20,12 +20,18 @@ ALTERNATE_ID = "llmrl-test/Alternate-v0"
 TRACK_ID = "llmrl-test/Track-v0"
 
 
-class AlternateEnv(gym.Env):
-    """Discrete toy task: obs = [t / H, t mod 2]; action t mod 2 earns 1, any other action terminates.
-    A time limit of H steps truncates (optimal return H, a uniform policy ~1). Deterministic observations make
-    the final observation at truncation known: [1, H mod 2]."""
+def _one_hot_time(t: int) -> np.ndarray:
+    obs = np.zeros(HORIZON + 1, dtype=np.float32)
+    obs[t] = 1.0
+    return obs
 
-    observation_space = gym.spaces.Box(0.0, 1.0, (2,), np.float32)
+
+class AlternateEnv(gym.Env):
+    """Discrete toy task: obs = one-hot of the step t; action t mod 2 earns 1, any other action terminates,
+    and a time limit of H steps truncates (optimal return H; the initial near-uniform policy is right at all
+    H steps by chance 2^-H). Deterministic observations make the final observation at truncation known: e_H."""
+
+    observation_space = gym.spaces.Box(0.0, 1.0, (HORIZON + 1,), np.float32)
     action_space = gym.spaces.Discrete(2)
 
     def reset(self, *, seed=None, options=None):
@@ -34,7 +40,7 @@ class AlternateEnv(gym.Env):
         return self._obs(), {}
 
     def _obs(self):
-        return np.array([self.t / HORIZON, self.t % 2], dtype=np.float32)
+        return _one_hot_time(self.t)
 
     def step(self, action):
         correct = int(action) == self.t % 2
@@ -43,10 +49,10 @@ class AlternateEnv(gym.Env):
 
 
 class TrackEnv(gym.Env):
-    """Continuous toy task: obs = [t / H, c_t] with c_t = +-0.5 alternating; reward -(a - c_t)^2, never
-    terminates, truncated at H (optimal return 0, the initial Gaussian policy ~ -H (1 + 0.25))."""
+    """Continuous toy task: obs = one-hot of the step t, target c_t = +0.5 at even t and -0.5 at odd t; reward
+    -(a - c_t)^2, never terminates, truncated at H (optimal return 0; the initial mean action ~0 scores -1.25)."""
 
-    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    observation_space = gym.spaces.Box(0.0, 1.0, (HORIZON + 1,), np.float32)
     action_space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
 
     def reset(self, *, seed=None, options=None):
@@ -55,10 +61,10 @@ class TrackEnv(gym.Env):
         return self._obs(), {}
 
     def _obs(self):
-        return np.array([self.t / HORIZON, 0.5 if self.t % 2 == 0 else -0.5], dtype=np.float32)
+        return _one_hot_time(self.t)
 
     def step(self, action):
-        target = self._obs()[1]
+        target = 0.5 if self.t % 2 == 0 else -0.5
         self.t += 1
         return self._obs(), -float((np.asarray(action).reshape(-1)[0] - target) ** 2), False, False, {}
 
@@ -151,10 +157,10 @@ def test_toy_envs_behave_as_documented():
     obs, _ = env.reset(seed=0)
     total, done = 0.0, False
     while not done:
-        obs, r, term, trunc, _ = env.step(int(obs[1]))
+        obs, r, term, trunc, _ = env.step(int(obs.argmax()) % 2)
         total += r
         done = term or trunc
-    assert total == HORIZON and trunc and not term and obs.tolist() == [1.0, HORIZON % 2]
+    assert total == HORIZON and trunc and not term and obs.argmax() == HORIZON
     env = gym.make(TRACK_ID)
-    obs, _ = env.reset(seed=0)
-    assert env.step(np.array([obs[1]]))[1] == 0.0
+    env.reset(seed=0)
+    assert env.step(np.array([0.5]))[1] == 0.0 and env.step(np.array([0.5]))[1] == -1.0

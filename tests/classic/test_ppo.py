@@ -69,11 +69,11 @@ def test_adaptive_beta_follows_the_1_5_rule(tmp_path):
 
 def test_learns_tiny_envs(tmp_path):
     for loss in ("clip", "kl"):
-        res = train_ppo(_cfg(tmp_path / loss, env_id=ALTERNATE_ID, loss=loss, total_steps=3000, num_steps=16,
-                             batch_size=64, num_epochs=4, eval_episodes=5))
+        res = train_ppo(_cfg(tmp_path / loss, env_id=ALTERNATE_ID, loss=loss, total_steps=1536, num_steps=16,
+                             batch_size=64, num_epochs=4, eval_episodes=1))
         assert res["eval_mean_return"] == 5.0, (loss, res)
-    res = train_ppo(_cfg(tmp_path / "c", env_id=TRACK_ID, total_steps=8000, num_steps=16, batch_size=64,
-                         num_epochs=4, learning_rate=3e-3, eval_episodes=5))
+    res = train_ppo(_cfg(tmp_path / "c", env_id=TRACK_ID, total_steps=3072, num_steps=16, batch_size=64,
+                         num_epochs=4, learning_rate=3e-3, eval_episodes=1))
     assert res["eval_mean_return"] > -0.3, res
 
 
@@ -88,7 +88,7 @@ def test_same_seed_same_result_and_save_load(tmp_path):
     for m, m_b in [(actor, actor_b), (critic, critic_b)]:
         for (k, v), (_, w) in zip(m.state_dict().items(), m_b.state_dict().items()):
             assert torch.equal(v, w), k
-    obs = np.array([0.2, -0.5], dtype=np.float32)
+    obs = np.eye(6, dtype=np.float32)[1]
     assert actor.act(obs) == pytest.approx(actor_b.act(obs))
 
 

@@ -67,11 +67,11 @@ def test_smoke_discrete_and_continuous(tmp_path, env_id):
 
 
 def test_learns_tiny_envs(tmp_path):
-    res = train_trpo(_cfg(tmp_path / "d", env_id=ALTERNATE_ID, total_steps=4000, num_steps=16, max_kl=0.05,
-                          eval_episodes=5))
+    res = train_trpo(_cfg(tmp_path / "d", env_id=ALTERNATE_ID, total_steps=1536, num_steps=16, max_kl=0.05,
+                          eval_episodes=1))
     assert res["eval_mean_return"] == 5.0, res
-    res = train_trpo(_cfg(tmp_path / "c", env_id=TRACK_ID, total_steps=10000, num_steps=16, max_kl=0.05,
-                          eval_episodes=5))
+    res = train_trpo(_cfg(tmp_path / "c", env_id=TRACK_ID, total_steps=3072, num_steps=16, max_kl=0.05,
+                          eval_episodes=1))
     assert res["eval_mean_return"] > -0.3, res
 
 
