@@ -15,7 +15,7 @@ from llmrl.llm import checkpoint as ckpt
 from tests.llm.tiny import save_tiny, tiny_dataset, tiny_trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TIMING = {"time", "tokens_per_s", "step_time", "gen_time"}
+TIMING = {"time", "tokens_per_s", "step_time", "gen_time", "sample_time", "optimize_time"}
 
 
 def _run(model_dir, data, out, *flags, wait=True):
