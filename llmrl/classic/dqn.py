@@ -68,6 +68,7 @@ class DQNConfig:
     exploration_fraction: float = field(default=0.16, metadata={
         "help": "Fraction of total_timesteps over which epsilon is annealed linearly."})
     noisy_sigma0: float = field(default=0.5, metadata={"help": "NoisyLinear sigma init sigma0 / sqrt(fan_in)."})
+    noise_every_step: bool = field(default=True, metadata={"help": "EXPERIMENT"})
     # Prioritized replay.
     per_alpha: float = field(default=0.6, metadata={"help": "PER priority exponent alpha (0 = uniform)."})
     per_beta0: float = field(default=0.4, metadata={"help": "PER IS exponent beta at step 0, annealed to 1 at the end."})
@@ -207,14 +208,21 @@ def _train(cfg: DQNConfig) -> DQNResult:
 
     obs, _ = envs.reset(seed=cfg.seed)
     for iteration in range(1, cfg.total_timesteps // cfg.num_envs + 1):
-        # 1. Act: epsilon-greedy on Q, or greedy on the noisy Q (its weight noise is the exploration).
-        epsilon = 0.0 if cfg.noisy else linear_schedule(
-            cfg.exploration_initial_eps, cfg.exploration_final_eps,
-            cfg.exploration_fraction * cfg.total_timesteps, global_step)
+        # 1. Act: uniformly at random until learning starts (as SB3), then epsilon-greedy on Q, or greedy on the
+        # noisy Q, whose weight noise is the exploration.
+        if global_step < cfg.learning_starts:
+            epsilon = 1.0
+        elif cfg.noisy:
+            epsilon = 0.0
+        else:
+            epsilon = linear_schedule(cfg.exploration_initial_eps, cfg.exploration_final_eps,
+                                      cfg.exploration_fraction * cfg.total_timesteps, global_step)
         explore = rng.random(cfg.num_envs) < epsilon
         if explore.all():
             actions = rng.integers(0, n_actions, size=cfg.num_envs)
         else:
+            if cfg.noisy and cfg.noise_every_step:
+                q_net.reset_noise()
             with torch.no_grad():
                 actions = q_net(torch.from_numpy(obs).float()).argmax(dim=-1).numpy()
             actions = np.where(explore, rng.integers(0, n_actions, size=cfg.num_envs), actions)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import objectives as O
-from ..utils import RunLogger, seed_everything, truncate_jsonl
+from ..utils import RunLogger, config_dict, seed_everything, truncate_jsonl
 from . import checkpoint as ckpt
 from .config import GRPOConfig
 from .data import check_columns, load_prompt_dataset, make_prompt, prompt_to_text
@@ -411,7 +411,10 @@ class GRPOTrainer:
             ckpt.write_config(cfg)
             for name in ("metrics.jsonl", "completions.jsonl"):  # drop what a killed run logged past its checkpoint
                 truncate_jsonl(os.path.join(cfg.output_dir, name), self.step_count)
-            self.logger = RunLogger(cfg.output_dir, tensorboard="tensorboard" in cfg.report_to, append=True)
+            self.logger = RunLogger(cfg.output_dir, tensorboard=False, append=True)  # metrics.jsonl for llmrl-plot
+        if acc.log_with:  # TensorBoard (default), wandb, ... through accelerate's trackers
+            acc.init_trackers("tb", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                            for k, v in config_dict(cfg).items()})
         history = []
         bar = tqdm(total=cfg.max_steps, initial=self.step_count, disable=not acc.is_main_process, desc="grpo")
         while self.step_count < cfg.max_steps:
@@ -419,6 +422,8 @@ class GRPOTrainer:
             history.append(metrics)
             if self.step_count % cfg.logging_steps == 0 and acc.is_main_process:
                 self.logger.log(metrics, self.step_count)
+            if self.step_count % cfg.logging_steps == 0:
+                acc.log(metrics, step=self.step_count)
             if cfg.log_completions and self.step_count % cfg.logging_steps == 0:
                 self._log_completions(r, self.step_count)
             bar.update(1)
@@ -429,6 +434,7 @@ class GRPOTrainer:
         bar.close()
         if acc.is_main_process and self.logger is not None:
             self.logger.close()
+        acc.end_training()
         return history
 
     # ------------------------------------------------------------------ evaluation and the final model

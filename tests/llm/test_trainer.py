@@ -233,3 +233,22 @@ def test_evaluate_reports_greedy_accuracy(tmp_path):
     tr = tiny_trainer(tmp_path)
     res = tr.evaluate(tiny_dataset(5), 5, reward="gsm8k")
     assert res["n"] == 5 and 0.0 <= res["accuracy"] <= 1.0 and len(res["samples"]) == 5
+
+
+def test_tensorboard_scalars_through_accelerate(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tiny_trainer(tmp_path, report_to=["tensorboard"], max_steps=2).train()
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"reward", "kl", "loss", "entropy", "grad_norm"} <= set(tags)
+    assert [e.step for e in acc.Scalars("reward")] == [1, 2]
+
+
+def test_out_of_memory_errors_name_the_knob():
+    from llmrl.llm.trainer import out_of_memory_hint
+    err = out_of_memory_hint(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9GB"),
+                             "generation")
+    assert "per_device_batch_size" in str(err) and "max_new_tokens" in str(err)
+    assert "micro_batch_size" in str(out_of_memory_hint(torch.OutOfMemoryError("CUDA out of memory"), "training"))
+    assert out_of_memory_hint(RuntimeError("shape mismatch"), "training") is None
