@@ -66,11 +66,11 @@ def train_a2c(cfg: A2CConfig) -> dict:
     run = OnPolicyRun(cfg)
     envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
     actor, critic = build_actor_critic(cfg, envs)
-    params = [*actor.parameters(), *critic.parameters()]
+    parameters = [*actor.parameters(), *critic.parameters()]
     if cfg.optimizer == "adam":
-        optimizer = torch.optim.Adam(params, lr=cfg.learning_rate, eps=1e-5)
+        optimizer = torch.optim.Adam(parameters, lr=cfg.learning_rate, eps=1e-5, fused=True)
     else:
-        optimizer = torch.optim.RMSprop(params, lr=cfg.learning_rate, alpha=0.99, eps=1e-5)
+        optimizer = torch.optim.RMSprop(parameters, lr=cfg.learning_rate, alpha=0.99, eps=1e-5)
     collector = RolloutCollector(envs, actor, critic, cfg.num_steps, run, cfg.seed)
 
     run.start()
@@ -80,16 +80,18 @@ def train_a2c(cfg: A2CConfig) -> dict:
         if cfg.normalize_advantage:
             advantages = whiten(advantages)
 
-        dist = actor.dist(ro.obs)
+        params = actor(ro.obs)
         mask = torch.ones_like(ro.rewards)
-        policy_loss = policy_gradient_loss(dist.log_prob(ro.actions), advantages, mask)
+        policy_loss = policy_gradient_loss(actor.log_prob(params, ro.actions), advantages, mask)
         v_loss = value_loss(critic(ro.obs), returns)
-        ent = dist.entropy().mean()
-        loss = policy_loss + cfg.vf_coef * v_loss - cfg.ent_coef * ent
+        ent = actor.entropy(params).mean()
+        loss = policy_loss + cfg.vf_coef * v_loss
+        if cfg.ent_coef:  # (no backward pass through an unused entropy term)
+            loss = loss - cfg.ent_coef * ent
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
+            torch.nn.utils.clip_grad_norm_(parameters, cfg.max_grad_norm, foreach=True)
         optimizer.step()
         run.log({"policy_loss": policy_loss, "value_loss": v_loss, "entropy": ent})
 

@@ -13,9 +13,11 @@ from typing import Sequence
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, Normal, kl_divergence
 
+from ..objectives import entropy
 from .common import load_config, load_modules
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
@@ -89,8 +91,24 @@ class Actor(nn.Module):
         mean, log_std = params.chunk(2, dim=-1)
         return Independent(Normal(mean, log_std.exp(), validate_args=False), 1, validate_args=False)
 
-    def dist(self, obs: Tensor) -> Distribution:
-        return self.distribution(self(obs))
+    # The three methods below equal the distribution's; for Categorical they skip its construction (a
+    # normalization and bookkeeping), whose per-call overhead dominates training tiny MLPs on CPU.
+    def log_prob(self, params: Tensor, actions: Tensor) -> Tensor:
+        """log pi(a|s) per state, (...)."""
+        if self.discrete:
+            return F.log_softmax(params, dim=-1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+        return self.distribution(params).log_prob(actions)
+
+    def entropy(self, params: Tensor) -> Tensor:
+        """H(pi(.|s)) per state, (...)."""
+        return entropy(params) if self.discrete else self.distribution(params).entropy()
+
+    def sample(self, params: Tensor) -> Tensor:
+        """a ~ pi(.|s); for logits by the Gumbel-max trick, argmax(logits + Gumbel noise) (an exact sample)."""
+        if self.discrete:
+            return (params - torch.empty_like(params).exponential_().log()).argmax(-1)
+        mean, log_std = params.chunk(2, dim=-1)
+        return mean + log_std.exp() * torch.randn_like(mean)
 
     def kl(self, old_params: Tensor, params: Tensor) -> Tensor:
         """Exact KL(pi_old(.|s) || pi_theta(.|s)) per state, (...); old_params are treated as constants."""
@@ -110,7 +128,7 @@ class Actor(nn.Module):
         if deterministic:
             action = params.argmax(-1) if self.discrete else params.chunk(2, dim=-1)[0]
         else:
-            action = self.distribution(params).sample()
+            action = self.sample(params)
         return self.env_action(action)
 
 

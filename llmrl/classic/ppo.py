@@ -66,8 +66,7 @@ def ppo_loss(actor: Actor, critic: Critic, mb: Rollout, advantages: Tensor, retu
              beta: float = 0.0) -> tuple[Tensor, dict]:
     """Minibatch loss  L_policy + vf_coef L_value - ent_coef H  on flat rows of a rollout; (loss, stats)."""
     params = actor(mb.obs)
-    dist = actor.distribution(params)
-    logp = dist.log_prob(mb.actions)
+    logp = actor.log_prob(params, mb.actions)
     mask = torch.ones_like(logp)
     if cfg.loss == "clip":
         policy_loss, stats = ppo_clip_loss(logp, mb.logp, advantages, mask, clip_low=cfg.clip_coef)
@@ -75,8 +74,10 @@ def ppo_loss(actor: Actor, critic: Critic, mb: Rollout, advantages: Tensor, retu
         policy_loss, stats = kl_penalized_loss(logp, mb.logp, advantages, mask, beta,
                                                kl=actor.kl(mb.dist_params, params))
     v_loss = value_loss(critic(mb.obs), returns, old_values=mb.values, clip=cfg.clip_value)
-    ent = dist.entropy().mean()
-    loss = policy_loss + cfg.vf_coef * v_loss - cfg.ent_coef * ent
+    ent = actor.entropy(params).mean()
+    loss = policy_loss + cfg.vf_coef * v_loss
+    if cfg.ent_coef:  # (no backward pass through an unused entropy term)
+        loss = loss - cfg.ent_coef * ent
     return loss, stats | {"policy_loss": policy_loss.detach(), "value_loss": v_loss.detach(), "entropy": ent.detach()}
 
 
@@ -85,8 +86,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
     run = OnPolicyRun(cfg)
     envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
     actor, critic = build_actor_critic(cfg, envs)
-    params = [*actor.parameters(), *critic.parameters()]
-    optimizer = torch.optim.Adam(params, lr=cfg.learning_rate, eps=1e-5)
+    parameters = [*actor.parameters(), *critic.parameters()]
+    optimizer = torch.optim.Adam(parameters, lr=cfg.learning_rate, eps=1e-5, fused=True)
     kl_ctl = AdaptiveKLController(cfg.kl_beta, cfg.kl_target) if cfg.loss == "kl" else None
     collector = RolloutCollector(envs, actor, critic, cfg.num_steps, run, cfg.seed)
     rollout_size = cfg.num_envs * cfg.num_steps
@@ -110,7 +111,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
+                    torch.nn.utils.clip_grad_norm_(parameters, cfg.max_grad_norm, foreach=True)
                 optimizer.step()
             if cfg.target_kl is not None and stats.get("approx_kl", stats.get("kl")) > 1.5 * cfg.target_kl:
                 break

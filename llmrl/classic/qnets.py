@@ -64,7 +64,8 @@ class NoisyLinear(nn.Module):
 class QNetwork(nn.Module):
     """MLP Q(s, .): obs (B, obs_dim) -> (B, n_actions). ReLU hidden layers `hidden`; with `dueling` the last
     hidden layer feeds a value head V (1) and an advantage head A (n_actions) combined by `dueling_q_values`;
-    with `noisy` every linear layer is a `NoisyLinear` (the paper replaces all fully connected layers)."""
+    with `noisy` every linear layer after the first is a `NoisyLinear` (the paper makes the fully connected
+    layers after the convolutional feature extractor noisy; here the first layer plays that role)."""
 
     def __init__(self, obs_dim: int, n_actions: int, hidden: Sequence[int] = (256, 256), dueling: bool = False,
                  noisy: bool = False, sigma0: float = 0.5):
@@ -76,8 +77,8 @@ class QNetwork(nn.Module):
             return NoisyLinear(i, o, sigma0) if noisy else nn.Linear(i, o)
 
         layers, width = [], obs_dim
-        for h in hidden:
-            layers += [linear(width, h), nn.ReLU()]
+        for k, h in enumerate(hidden):
+            layers += [nn.Linear(width, h) if k == 0 else linear(width, h), nn.ReLU()]
             width = h
         self.torso = nn.Sequential(*layers)
         if dueling:

@@ -62,7 +62,7 @@ def per_step_scores(actor: Actor, obs: Tensor, actions: Tensor) -> Tensor:
     params = {k: v.detach() for k, v in actor.named_parameters()}
 
     def logp(p, o, a):
-        return actor.distribution(functional_call(actor, p, (o,))).log_prob(a)
+        return actor.log_prob(functional_call(actor, p, (o,)), a)
 
     grads = vmap(grad(logp), in_dims=(None, 0, 0))(params, obs, actions)
     return torch.cat([g.flatten(1) for g in grads.values()], dim=1)
@@ -119,7 +119,7 @@ def reinforce_advantages(returns: Tensor, mask: Tensor, gamma: float, baseline: 
 
 def reinforce_loss(actor: Actor, batch: EpisodeBatch, advantages: Tensor) -> Tensor:
     """-1/N sum_i sum_t log pi(a_t|s_t) A_t, whose gradient is minus the REINFORCE estimate of grad J."""
-    logp = actor.dist(batch.obs).log_prob(batch.actions)
+    logp = actor.log_prob(actor(batch.obs), batch.actions)
     return policy_gradient_loss(logp, advantages, batch.mask, mode="sum") / batch.mask.shape[0]
 
 
@@ -142,8 +142,8 @@ def train_reinforce(cfg: ReinforceConfig) -> dict:
     run = OnPolicyRun(cfg)
     envs = [make_env(cfg.env_id, cfg.seed + i) for i in range(cfg.num_envs)]
     actor, critic = build_actor_critic(cfg, envs[0], critic=cfg.baseline == "value")
-    optimizer = torch.optim.Adam(actor.parameters(), lr=cfg.learning_rate)
-    value_optimizer = torch.optim.Adam(critic.parameters(), lr=cfg.value_learning_rate) if critic else None
+    optimizer = torch.optim.Adam(actor.parameters(), lr=cfg.learning_rate, fused=True)
+    value_optimizer = torch.optim.Adam(critic.parameters(), lr=cfg.value_learning_rate, fused=True) if critic else None
     collector = EpisodeCollector(envs, actor, run, cfg.seed)
 
     run.start()

@@ -166,11 +166,10 @@ class RolloutCollector:
         truncations = []  # (env indices, t, V(final_obs)) of the steps cut by a time limit
         for t in range(b.rewards.shape[1]):
             params = actor(self.obs)
-            dist = actor.distribution(params)
-            action = dist.sample()
+            action = actor.sample(params)
             b.obs[:, t] = self.obs
             b.actions[:, t] = action
-            b.logp[:, t] = dist.log_prob(action)
+            b.logp[:, t] = actor.log_prob(params, action)
             b.dist_params[:, t] = params
             b.values[:, t] = critic(self.obs)
             next_obs, reward, terminated, truncated, info = envs.step(actor.env_action(action))
@@ -241,7 +240,7 @@ class EpisodeCollector:
         while running:
             active = list(running)
             x = torch.as_tensor(np.stack([obs[i] for i in active]), dtype=torch.float32)
-            actions = actor.dist(x).sample()
+            actions = actor.sample(actor(x))
             env_actions = actor.env_action(actions)
             for j, i in enumerate(active):
                 ep = episodes[running[i]]

@@ -54,7 +54,7 @@ def trpo_policy_step(actor: Actor, data: Rollout, advantages: Tensor, cfg: TRPOC
     mask = torch.ones_like(advantages)
 
     def loss_fn() -> Tensor:  # the surrogate -mean rho A
-        return surrogate_loss(actor.dist(data.obs).log_prob(data.actions), data.logp, advantages, mask)
+        return surrogate_loss(actor.log_prob(actor(data.obs), data.actions), data.logp, advantages, mask)
 
     def kl_fn() -> Tensor:  # exact mean KL(pi_old || pi_theta) from the stored distribution parameters
         return actor.kl(data.dist_params, actor(data.obs)).mean()
@@ -69,7 +69,7 @@ def train_trpo(cfg: TRPOConfig) -> dict:
     run = OnPolicyRun(cfg)
     envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
     actor, critic = build_actor_critic(cfg, envs)
-    value_optimizer = torch.optim.Adam(critic.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    value_optimizer = torch.optim.Adam(critic.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
     collector = RolloutCollector(envs, actor, critic, cfg.num_steps, run, cfg.seed)
 
     run.start()

@@ -289,11 +289,12 @@ class GRPOTrainer:
             n_tokens = acc.reduce(n_tokens, "sum") / acc.num_processes
         agg = dict(mode=cfg.aggregation, num_tokens=n_tokens.clamp(min=1), num_seqs=N, max_len=cfg.max_new_tokens)
         beta = self.kl_ctl.beta if cfg.kl_in == "loss" else 0.0
-        old = [] if r.old_logp is None else None
+        old: list[Tensor] = []  # log pi_theta_old per micro-batch: the first pass's log-probs, detached
         stats: dict[str, float] = {}
         skipped = 0
         for it in range(cfg.num_iterations):
-            sums = {"loss": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "kl": 0.0, "entropy": 0.0}
+            sums = {"loss": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "kl": 0.0, "entropy": 0.0,
+                    "ratio_mean": 0.0}
             for j, sl in enumerate(mbs):
                 sync = acc.no_sync(self.policy) if j < len(mbs) - 1 else contextlib.nullcontext()
                 with sync:
@@ -301,17 +302,15 @@ class GRPOTrainer:
                         logp, ent = self._logp_of(self.policy, r, sl)
                     except RuntimeError as e:
                         raise (out_of_memory_hint(e, "training") or e) from e
-                    if old is not None and it == 0:
-                        old.append(logp.detach())  # pi_theta_old = the policy before this batch's first update
-                    old_logp = logp.detach() if cfg.num_iterations == 1 else \
-                        (old[j] if old is not None else r.old_logp[sl])
+                    if it == 0:  # no update yet: the current policy IS pi_theta_old (ratio exactly 1)
+                        old.append(logp.detach())
                     mask = r.completion_mask[sl]
                     ref = r.ref_logp[sl] if r.ref_logp is not None else None
-                    loss, s = O.grpo_loss(logp, old_logp, ref, r.advantages[sl], mask, beta, cfg.clip_low,
+                    loss, s = O.grpo_loss(logp, old[j], ref, r.advantages[sl], mask, beta, cfg.clip_low,
                                           cfg.clip_high, cfg.ratio_level, cfg.kl_estimator, **agg)
                     acc.backward(loss)
                 sums["loss"] += loss.item()
-                for k in ("clip_frac_low", "clip_frac_high", "kl"):
+                for k in ("clip_frac_low", "clip_frac_high", "kl", "ratio_mean"):
                     sums[k] += float(s.get(k, 0.0)) * mask.sum().item() / max(r.completion_mask.sum().item(), 1)
                 sums["entropy"] += float((ent * mask).sum()) / max(r.completion_mask.sum().item(), 1)
             grad_norm = self._clip_and_check()
@@ -323,8 +322,7 @@ class GRPOTrainer:
             self.opt.zero_grad(set_to_none=True)
             if it == 0:
                 stats = dict(sums, grad_norm=grad_norm if grad_norm is not None else float("nan"))
-        if old is not None and cfg.num_iterations > 1:
-            r.old_logp = torch.cat(old)
+        r.old_logp = torch.cat(old)
         stats["skipped_updates"] = skipped
         return stats
 
@@ -434,7 +432,8 @@ class GRPOTrainer:
         bar.close()
         if acc.is_main_process and self.logger is not None:
             self.logger.close()
-        acc.end_training()
+        for tracker in acc.trackers:  # not acc.end_training(): it also ends the process group, which the
+            tracker.finish()          # evaluation and saving after training still need
         return history
 
     # ------------------------------------------------------------------ evaluation and the final model

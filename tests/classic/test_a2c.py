@@ -63,7 +63,7 @@ def test_collector_bootstraps_truncations_with_the_final_observation(tmp_path):
             assert ro.next_values[i, t] == expected, (i, t)
     # The log-probs and distribution parameters are those of the actor that acted.
     torch.testing.assert_close(ro.dist_params, collector.actor(ro.obs))
-    torch.testing.assert_close(ro.logp, collector.actor.dist(ro.obs).log_prob(ro.actions))
+    torch.testing.assert_close(ro.logp, collector.actor.distribution(collector.actor(ro.obs)).log_prob(ro.actions))
     assert collector.run.step == N * T
 
 

@@ -128,6 +128,25 @@ def test_gaussian_head_matches_closed_forms():
     torch.testing.assert_close(torch.as_tensor(actor.act(obs[0].numpy())), mean[0].clamp(-1, 1))
 
 
+@pytest.mark.parametrize("action_space", [gym.spaces.Discrete(3), gym.spaces.Box(-1.0, 1.0, (2,), np.float32)])
+def test_fast_paths_equal_the_torch_distribution(action_space):
+    actor = _actor(action_space)
+    params = actor(torch.randn(4, 3))
+    dist = actor.distribution(params)
+    actions = dist.sample((5,))  # (5, 4, ...): several actions per state
+    torch.testing.assert_close(actor.log_prob(params.expand(5, *params.shape), actions), dist.log_prob(actions))
+    torch.testing.assert_close(actor.entropy(params), dist.entropy())
+    # Sampling: empirical moments of 40k draws for 4 states against the distribution's.
+    torch.manual_seed(0)
+    draws = actor.sample(params.expand(40_000, *params.shape)).float()
+    if actor.discrete:
+        freq = torch.stack([(draws == a).float().mean(0) for a in range(3)], -1)
+        torch.testing.assert_close(freq, dist.probs, atol=0.012, rtol=0)
+    else:
+        torch.testing.assert_close(draws.mean(0), dist.mean, atol=0.02, rtol=0)
+        torch.testing.assert_close(draws.std(0), dist.stddev, atol=0.02, rtol=0)
+
+
 def test_kl_gradient_flows_only_through_new_params():
     actor = _actor(gym.spaces.Discrete(3))
     params = actor(torch.randn(4, 3))

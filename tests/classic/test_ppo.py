@@ -36,7 +36,7 @@ def test_first_minibatch_at_ratio_one_is_the_vanilla_policy_gradient(tmp_path, e
     loss_value, stats = ppo_loss(actor, critic, data, adv, ret, cfg, beta=cfg.kl_beta)
     ppo_grads = torch.autograd.grad(loss_value, list(actor.parameters()))
     # Nothing is clipped at ratio 1, and the KL penalty is at its minimum (zero gradient) there.
-    pg = policy_gradient_loss(actor.dist(data.obs).log_prob(data.actions), adv, torch.ones_like(adv))
+    pg = policy_gradient_loss(actor.distribution(actor(data.obs)).log_prob(data.actions), adv, torch.ones_like(adv))
     pg_grads = torch.autograd.grad(pg, list(actor.parameters()))
     for g_ppo, g_pg in zip(ppo_grads, pg_grads):
         torch.testing.assert_close(g_ppo, g_pg, rtol=1e-5, atol=1e-7)

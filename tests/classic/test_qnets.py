@@ -74,10 +74,10 @@ def test_dueling_head_aggregates_value_and_mean_centred_advantage():
 
 
 @pytest.mark.parametrize("dueling", [False, True])
-def test_noisy_q_network_replaces_every_linear_layer(dueling):
+def test_noisy_q_network_makes_every_layer_after_the_first_noisy(dueling):
     torch.manual_seed(4)
-    net = QNetwork(4, 2, hidden=(8,), dueling=dueling, noisy=True)
-    assert not any(type(m) is nn.Linear for m in net.modules())
+    net = QNetwork(4, 2, hidden=(8, 8), dueling=dueling, noisy=True)
+    assert type(net.torso[0]) is nn.Linear and sum(type(m) is nn.Linear for m in net.modules()) == 1
     assert sum(isinstance(m, NoisyLinear) for m in net.modules()) == (3 if dueling else 2)
     obs = torch.randn(3, 4)
     before = net(obs)

@@ -119,7 +119,7 @@ def test_gradient_variance_matches_per_episode_autograd(tmp_path):
     adv = reinforce_advantages(returns, batch.mask, GAMMA, "time_dependent")
     per_episode = []
     for i in range(6):  # g_i = grad sum_t log pi(a_t|s_t) A_t of episode i alone
-        logp = actor.dist(batch.obs[i]).log_prob(batch.actions[i])
+        logp = actor.distribution(actor(batch.obs[i])).log_prob(batch.actions[i])
         grads = torch.autograd.grad((logp * adv[i] * batch.mask[i]).sum(), list(actor.parameters()))
         per_episode.append(torch.cat([g.flatten() for g in grads]))
     expected = torch.stack(per_episode).var(0).sum().item()

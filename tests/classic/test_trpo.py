@@ -36,12 +36,12 @@ def test_step_respects_max_kl_and_improves_the_surrogate(tmp_path, env_id, max_k
     actor, data, adv = _rollout(cfg)
     mask = torch.ones_like(adv)
     with torch.no_grad():
-        before = surrogate_loss(actor.dist(data.obs).log_prob(data.actions), data.logp, adv, mask)
+        before = surrogate_loss(actor.distribution(actor(data.obs)).log_prob(data.actions), data.logp, adv, mask)
     theta_old = parameters_to_vector(actor.parameters()).clone()
     stats = trpo_policy_step(actor, data, adv, cfg)
     with torch.no_grad():
         kl = actor.kl(data.dist_params, actor(data.obs)).mean().item()  # exact KL(pi_old || pi_new)
-        after = surrogate_loss(actor.dist(data.obs).log_prob(data.actions), data.logp, adv, mask)
+        after = surrogate_loss(actor.distribution(actor(data.obs)).log_prob(data.actions), data.logp, adv, mask)
     assert stats["accepted"]
     assert 0 < kl <= max_kl and kl == pytest.approx(stats["kl"], rel=1e-4)
     assert after < before

@@ -1,7 +1,7 @@
 """Run by tests/llm/test_multiprocess.py under torchrun: the same fixed generation batch of 4 prompts x G=4 is
 optimized by 1 process (all of it) or 2 processes (2 prompts each); each rank saves its updated weights.
 
-    python -m torch.distributed.run --nproc_per_node N tests/llm/ddp_check.py OUT_DIR LOSS_TYPE
+    python -m torch.distributed.run --nproc_per_node N tests/llm/ddp_check.py OUT_DIR LOSS_TYPE [LOSS_TYPE ...]
 """
 import os
 import sys
@@ -16,23 +16,30 @@ from llmrl import objectives as O  # noqa: E402
 from llmrl.llm.trainer import Rollout  # noqa: E402
 from tests.llm.tiny import tiny_trainer  # noqa: E402
 
-out, loss_type = sys.argv[1], sys.argv[2]
+out = sys.argv[1]
 world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
 G, prompts_total = 4, 4
 B = prompts_total // world
-tr = tiny_trainer(os.path.join(out, "run"), per_device_batch_size=B * G, micro_batch_size=3, loss_type=loss_type,
-                  max_grad_norm=0, learning_rate=1e-2, num_iterations=2)
-# the whole batch, identical on every rank; this rank keeps its own prompts and their completions
-texts = ["What is 1 + 2?", "hi", "7 - 3 = ?", "a longer question here"]
-ids, mask = tr._tokenize_prompts(texts)
-g = torch.Generator().manual_seed(0)
-C = 7
-comp = torch.randint(4, len(tr.tok), (prompts_total * G, C), generator=g)
-cmask = (torch.arange(C)[None] < torch.randint(1, C + 1, (prompts_total * G, 1), generator=g)).long()
-rewards = torch.randint(0, 3, (prompts_total * G,), generator=g).float()
-mine = slice(rank * B * G, (rank + 1) * B * G)
-r = Rollout(ids[rank * B:(rank + 1) * B], mask[rank * B:(rank + 1) * B], comp[mine], cmask[mine],
-            torch.arange(B).repeat_interleave(G), rewards[mine], O.group_advantages(rewards[mine], G))
-tr.optimize(r)
-torch.save({k: v.detach() for k, v in tr.model.named_parameters() if v.requires_grad},
-           os.path.join(out, f"weights_{world}_{rank}.pt"))
+
+
+def run(loss_type: str):
+    tr = tiny_trainer(os.path.join(out, "run"), per_device_batch_size=B * G, micro_batch_size=3, loss_type=loss_type,
+                      max_grad_norm=0, learning_rate=1e-2, num_iterations=2)
+    # the whole batch, identical on every rank; this rank keeps its own prompts and their completions
+    texts = ["What is 1 + 2?", "hi", "7 - 3 = ?", "a longer question here"]
+    ids, mask = tr._tokenize_prompts(texts)
+    g = torch.Generator().manual_seed(0)
+    C = 7
+    comp = torch.randint(4, len(tr.tok), (prompts_total * G, C), generator=g)
+    cmask = (torch.arange(C)[None] < torch.randint(1, C + 1, (prompts_total * G, 1), generator=g)).long()
+    rewards = torch.randint(0, 3, (prompts_total * G,), generator=g).float()
+    mine = slice(rank * B * G, (rank + 1) * B * G)
+    r = Rollout(ids[rank * B:(rank + 1) * B], mask[rank * B:(rank + 1) * B], comp[mine], cmask[mine],
+                torch.arange(B).repeat_interleave(G), rewards[mine], O.group_advantages(rewards[mine], G))
+    tr.optimize(r)
+    torch.save({k: v.detach() for k, v in tr.model.named_parameters() if v.requires_grad},
+               os.path.join(out, f"weights_{loss_type}_{world}_{rank}.pt"))
+
+
+for loss in sys.argv[2:]:  # several loss types in one launch (one process group)
+    run(loss)

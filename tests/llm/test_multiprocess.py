@@ -11,25 +11,26 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _launch(n, out, loss_type):
+def _launch(n, out, *loss_types):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port",
-           str(29500 + (os.getpid() % 1000) + n), os.path.join(ROOT, "tests", "llm", "ddp_check.py"), out, loss_type]
+           str(29500 + (os.getpid() % 1000) + n), os.path.join(ROOT, "tests", "llm", "ddp_check.py"), out, *loss_types]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
-def test_two_processes_equal_one(tmp_path, loss_type):
-    _launch(1, str(tmp_path), loss_type)
-    _launch(2, str(tmp_path), loss_type)
-    one = torch.load(tmp_path / "weights_1_0.pt")
-    r0, r1 = torch.load(tmp_path / "weights_2_0.pt"), torch.load(tmp_path / "weights_2_1.pt")
-    start = torch.load(tmp_path / "weights_1_0.pt")
-    for k in one:
-        assert torch.equal(r0[k], r1[k]), f"ranks disagree on {k}"
-        assert torch.allclose(one[k], r0[k], atol=1e-6, rtol=1e-5), k
-    assert any(("lora_A" in k) for k in start)
+def test_two_processes_equal_one(tmp_path):
+    """grpo normalizes per sequence, dapo by the token count of all processes: both must match one process."""
+    losses = ["grpo", "dapo", "dr_grpo"]
+    _launch(1, str(tmp_path), *losses)
+    _launch(2, str(tmp_path), *losses)
+    for loss in losses:
+        one = torch.load(tmp_path / f"weights_{loss}_1_0.pt")
+        r0, r1 = torch.load(tmp_path / f"weights_{loss}_2_0.pt"), torch.load(tmp_path / f"weights_{loss}_2_1.pt")
+        assert any("lora_A" in k for k in one)
+        for k in one:
+            assert torch.equal(r0[k], r1[k]), f"{loss}: ranks disagree on {k}"
+            assert torch.allclose(one[k], r0[k], atol=1e-6, rtol=1e-5), f"{loss}: {k}"
 
 
 def test_recipe_trains_with_two_processes(tmp_path):

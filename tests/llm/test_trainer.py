@@ -252,3 +252,15 @@ def test_out_of_memory_errors_name_the_knob():
     assert "per_device_batch_size" in str(err) and "max_new_tokens" in str(err)
     assert "micro_batch_size" in str(out_of_memory_hint(torch.OutOfMemoryError("CUDA out of memory"), "training"))
     assert out_of_memory_hint(RuntimeError("shape mismatch"), "training") is None
+
+
+def test_bf16_step_has_ratio_exactly_one_at_one_iteration(tmp_path):
+    """With num_iterations=1 the old log-probs are the current ones, detached: rho = exp(0) = 1 in any dtype."""
+    tr = tiny_trainer(tmp_path, dtype="bfloat16")
+    tr.model.to(torch.bfloat16)
+    for p in tr.model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    r = _rollout(tr)
+    stats = tr.optimize(r)
+    assert stats["ratio_mean"] == 1.0 and stats["clip_frac_low"] == 0.0 and stats["clip_frac_high"] == 0.0
