@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -41,12 +42,20 @@ RUNS = {
 }
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_json(cmd: list[str]) -> dict:
-    """Run `cmd` under the benchmark lock; its last stdout line parsed as JSON."""
+    """Run `cmd` under the benchmark lock; its last stdout line parsed as JSON, plus `process_cpu_s`: the CPU
+    seconds of the whole process (imports, setup, training, evaluation; all threads), comparable across
+    libraries on a shared machine where wall time depends on the other users' load."""
+    cpu = _children_cpu()
     out = subprocess.run(["flock", LOCK, *cmd], capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1]) | {"process_cpu_s": round(_children_cpu() - cpu, 1)}
 
 
 def run_ours(name: str, seed: int, run_root: Path) -> dict:
@@ -68,7 +77,8 @@ def run_ours(name: str, seed: int, run_root: Path) -> dict:
 def run_sb3(seed: int) -> dict:
     res = run_json([sys.executable, str(ANCHOR), "ppo", str(seed), "100000"])
     return {"seed": seed, "total_steps": res["total_steps"], "wall_s": res["wall_s"],
-            "steps_to_solve": res["steps_to_475"], "eval_mean_return": res["eval_mean_return"]}
+            "steps_to_solve": res["steps_to_475"], "eval_mean_return": res["eval_mean_return"],
+            "process_cpu_s": res["process_cpu_s"]}
 
 
 def _median(xs):
@@ -85,24 +95,25 @@ def summary_row(name: str, runs: list[dict]) -> str:
     med = _median(solved) if len(solved) * 2 > len(runs) else None
     per_seed = ", ".join("-" if r["steps_to_solve"] is None else f"{r['steps_to_solve'] / 1000:.1f}k" for r in runs)
     wall = [r["wall_s"] for r in runs]
-    wall_100k = [r["wall_s"] / r["total_steps"] * 1e5 for r in runs]
+    cpu = [r["process_cpu_s"] for r in runs]
     evals = [r["eval_mean_return"] for r in runs]
     return (f"| {name} | {runs[0]['total_steps'] / 1000:.0f}k | {len(solved)}/{len(runs)} | {_fmt(med)} | {per_seed} | "
-            f"{statistics.fmean(evals):.1f} (min {min(evals):.0f}) | {_median(wall):.1f} | {_median(wall_100k):.1f} |")
+            f"{statistics.fmean(evals):.1f} (min {min(evals):.0f}) | {_median(wall):.1f} | {_median(cpu):.1f} |")
 
 
 def tables(results: dict) -> str:
     head = ("| agent | budget | solved | median steps to 475 | steps to 475 per seed | eval return, mean over "
-            "seeds | wall s (median) | wall s / 100k steps |\n|---|---|---|---|---|---|---|---|")
+            "seeds | training wall s (median) | process CPU s (median) |\n|---|---|---|---|---|---|---|---|")
     lines = ["### CartPole-v1", "", head]
     for name in ("sb3_ppo", "ppo", "kl_ppo", "a2c", "trpo"):
         if results.get(name):
             lines.append(summary_row("SB3 PPO (anchor)" if name == "sb3_ppo" else name, results[name]))
     if results.get("sb3_ppo") and results.get("ppo"):
         pairs = [(o, s) for o in results["ppo"] for s in results["sb3_ppo"] if o["seed"] == s["seed"]]
-        ratios = [o["wall_s"] / s["wall_s"] for o, s in pairs]
-        lines += ["", f"PPO / SB3 wall time, paired by seed: {', '.join(f'{r:.2f}' for r in ratios)} "
-                      f"(median {_median(ratios):.2f})."]
+        for key, what in [("wall_s", "training wall time"), ("process_cpu_s", "process CPU time")]:
+            ratios = [o[key] / s[key] for o, s in pairs]
+            lines += ["", f"PPO / SB3 {what}, paired by seed: {', '.join(f'{r:.2f}' for r in ratios)} "
+                          f"(median {_median(ratios):.2f})."]
     reinforce = [f"reinforce_{b}" for b in BASELINES if results.get(f"reinforce_{b}")]
     if reinforce:
         lines += ["", "### REINFORCE baselines on CartPole-v1", "", head.replace("| agent |", "| baseline |")]

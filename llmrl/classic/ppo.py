@@ -106,7 +106,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
         for epoch in range(cfg.num_epochs):
             for idx in torch.randperm(rollout_size).split(cfg.batch_size):
                 adv = whiten(advantages[idx]) if cfg.normalize_advantage else advantages[idx]
-                mb = Rollout(**{k: v[idx] for k, v in vars(data).items()})
+                mb = data.rows(idx)
                 loss, stats = ppo_loss(actor, critic, mb, adv, returns[idx], cfg, beta)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

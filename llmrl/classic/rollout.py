@@ -79,11 +79,11 @@ class OnPolicyRun:
         self.logger = RunLogger(cfg.run_dir, tensorboard=cfg.tensorboard)
         self.pbar = tqdm(total=cfg.total_steps, disable=not cfg.progress, unit="step", dynamic_ncols=True)
         self.step = 0  # env steps so far, summed over envs
-        self.t0 = time.perf_counter()
+        self.start()
 
     def start(self) -> None:
-        """Start the wall clock at the training loop, after imports and setup (the SB3 anchor times only learn())."""
-        self.t0 = time.perf_counter()
+        """Start the clocks at the training loop, after imports and setup (the SB3 anchor times only learn())."""
+        self.t0, self.cpu0 = time.perf_counter(), time.process_time()
 
     def add_steps(self, n: int) -> None:
         self.step += n
@@ -102,15 +102,15 @@ class OnPolicyRun:
         self.pbar.set_postfix(ret20=f"{recent:.1f}", refresh=False)
 
     def finish(self, actor: Actor, modules: dict[str, torch.nn.Module], extra: dict | None = None) -> dict:
-        wall = time.perf_counter() - self.t0
+        wall, cpu = time.perf_counter() - self.t0, time.process_time() - self.cpu0
         self.pbar.close()
         cfg = self.cfg
         returns = evaluate(actor.act, cfg.env_id, cfg.eval_episodes, cfg.eval_seed) if cfg.eval_episodes else []
         if cfg.save:
             save_agent(os.path.join(cfg.run_dir, "agent"), modules, cfg, extra)
         result = {"env_id": cfg.env_id, "seed": cfg.seed, "total_steps": self.step, "wall_s": round(wall, 2),
-                  "steps_to_solve": self.tracker.solved_at, "final_mean_return_20": self.tracker.mean_recent,
-                  "episodes": len(self.tracker.returns),
+                  "cpu_s": round(cpu, 2), "steps_to_solve": self.tracker.solved_at,
+                  "final_mean_return_20": self.tracker.mean_recent, "episodes": len(self.tracker.returns),
                   "eval_mean_return": float(np.mean(returns)) if returns else None}
         self.logger.log({k: v for k, v in result.items() if isinstance(v, (int, float))}, self.step)
         self.logger.close()
@@ -136,6 +136,10 @@ class Rollout:
     def flat(self) -> "Rollout":
         """The same data with the (N, T) axes merged into one batch axis of N * T rows (for minibatches)."""
         return Rollout(**{f.name: getattr(self, f.name).flatten(0, 1) for f in dataclasses.fields(self)})
+
+    def rows(self, idx: Tensor) -> "Rollout":
+        """Rows `idx` of a flat rollout (a minibatch)."""
+        return Rollout(**{f.name: getattr(self, f.name)[idx] for f in dataclasses.fields(self)})
 
 
 class RolloutCollector:
@@ -163,7 +167,7 @@ class RolloutCollector:
     @torch.no_grad()
     def collect(self) -> Rollout:
         b, envs, actor, critic = self.buffer, self.envs, self.actor, self.critic
-        truncations = []  # (env indices, t, V(final_obs)) of the steps cut by a time limit
+        truncations = []  # (env indices, t, final observations) of the steps cut by a time limit
         for t in range(b.rewards.shape[1]):
             params = actor(self.obs)
             action = actor.sample(params)
@@ -171,26 +175,29 @@ class RolloutCollector:
             b.actions[:, t] = action
             b.logp[:, t] = actor.log_prob(params, action)
             b.dist_params[:, t] = params
-            b.values[:, t] = critic(self.obs)
             next_obs, reward, terminated, truncated, info = envs.step(actor.env_action(action))
             b.rewards[:, t] = torch.from_numpy(reward)
             b.terminated[:, t] = torch.from_numpy(terminated)
             b.dones[:, t] = torch.from_numpy(terminated | truncated)
             cut = truncated & ~terminated
             if cut.any():  # SAME_STEP autoreset: next_obs is already the next episode's first observation
-                final = torch.as_tensor(np.stack(info["final_obs"][cut]), dtype=torch.float32)
-                truncations.append((torch.from_numpy(np.flatnonzero(cut)), t, critic(final)))
+                truncations.append((np.flatnonzero(cut), t, np.stack(info["final_obs"][cut])))
             self.run.add_steps(envs.num_envs)
             if "_episode" in info:
                 for i in np.flatnonzero(info["_episode"]):
                     self.run.episode(info["episode"]["r"][i], info["episode"]["l"][i])
             self.obs = torch.as_tensor(next_obs, dtype=torch.float32)
+        # The critic does not change during collection, so it values the whole window in one batched call.
         # V(s_{t+1}) is the next step's V(s_t) inside the window and V(s_T) at its end; done steps are fixed
-        # below (truncation) or ignored through `terminated` (termination).
+        # below (truncation: V(final_obs)) or zeroed (termination).
+        b.values.copy_(critic(b.obs))
         b.next_values[:, :-1] = b.values[:, 1:]
         b.next_values[:, -1] = critic(self.obs)
-        for idx, t, v in truncations:
-            b.next_values[idx, t] = v
+        if truncations:
+            finals = critic(torch.as_tensor(np.concatenate([f for _, _, f in truncations]), dtype=torch.float32))
+            envs_idx = torch.as_tensor(np.concatenate([i for i, _, _ in truncations]))
+            steps_idx = torch.as_tensor(np.concatenate([np.full(len(i), t) for i, t, _ in truncations]))
+            b.next_values[envs_idx, steps_idx] = finals
         b.next_values.mul_(1.0 - b.terminated)
         return b
 

@@ -201,10 +201,7 @@ class GRPOTrainer:
         return torch.autocast(self.acc.device.type, dtype=self.autocast_dtype)
 
     def _tokenize_prompts(self, prompts: list) -> tuple[Tensor, Tensor]:
-        texts = [prompt_to_text(p, self.tok) for p in prompts]
-        chat = not isinstance(prompts[0], str)  # a chat template already holds its special tokens
-        enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
-        return enc.input_ids.to(self.acc.device), enc.attention_mask.to(self.acc.device)
+        return tokenize_prompts(self.tok, prompts, self.acc.device)
 
     def _micro_batches(self, n: int):
         return [slice(s, min(s + self.cfg.micro_batch_size, n)) for s in range(0, n, self.cfg.micro_batch_size)]
@@ -244,8 +241,7 @@ class GRPOTrainer:
         except RuntimeError as e:
             raise (out_of_memory_hint(e, "generation") or e) from e
         self.model.train()
-        texts = self.tok.batch_decode(comp.ids * comp.mask + self.tok.pad_token_id * (1 - comp.mask),
-                                      skip_special_tokens=True)
+        texts = decode_completions(self.tok, comp)
         # 3. rewards: each dataset column travels to the reward functions, repeated for the G completions
         columns = {k: [row[k] for row in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
         rep_prompts = [p for p in prompts for _ in range(G)]
@@ -437,38 +433,22 @@ class GRPOTrainer:
         return history
 
     # ------------------------------------------------------------------ evaluation and the final model
-    @torch.no_grad()
     def evaluate(self, dataset, n: int, reward: str = "gsm8k") -> dict:
         """Greedy accuracy (mean of the reward function `reward`, 1 = correct) on the first n rows of `dataset`;
         the processes split the rows and their counts are summed."""
-        from .rewards import get_reward_functions as _get
-
         cfg, acc = self.cfg, self.acc
-        fn = _get([reward])
         rows = [dataset[i] for i in range(min(n, len(dataset)))][acc.process_index::acc.num_processes]
-        correct, total, samples = 0.0, 0, []
         self.model.eval()
-        for s in range(0, len(rows), cfg.eval_batch_size):
-            batch = rows[s:s + cfg.eval_batch_size]
-            prompts = [make_prompt(row, cfg.prompt_column, cfg.system_prompt) for row in batch]
-            ids, mask = self._tokenize_prompts(prompts)
-            try:
-                with self._autocast():
-                    comp = sample_completions(self.model, ids, mask, 1, cfg.max_new_tokens, self.eos_ids,
-                                              self.tok.pad_token_id, temperature=0.0, engine=cfg.sampler)
-            except RuntimeError as e:
-                raise (out_of_memory_hint(e, "evaluation") or e) from e
-            texts = self.tok.batch_decode(comp.ids * comp.mask + self.tok.pad_token_id * (1 - comp.mask),
-                                          skip_special_tokens=True)
-            columns = {k: [row[k] for row in batch] for k in batch[0] if k != "prompt"}
-            scores, _ = score_completions(fn, None, prompts, texts, columns)
-            correct += float(scores.sum())
-            total += len(batch)
-            samples += [{"prompt": p, "completion": t, "score": float(x)} for p, t, x in zip(prompts, texts, scores)]
+        try:
+            with self._autocast():
+                res = greedy_eval(self.model, self.tok, rows, reward, cfg.prompt_column, cfg.system_prompt,
+                                  cfg.max_new_tokens, cfg.eval_batch_size, self.eos_ids, cfg.sampler)
+        except RuntimeError as e:
+            raise (out_of_memory_hint(e, "evaluation") or e) from e
         self.model.train()
-        counts = acc.reduce(torch.tensor([correct, float(total)], device=acc.device), "sum")
+        counts = acc.reduce(torch.tensor([res["correct"], float(len(rows))], device=acc.device), "sum")
         return {"accuracy": (counts[0] / counts[1].clamp(min=1)).item(), "n": int(counts[1].item()),
-                "samples": samples}
+                "samples": res["samples"]}
 
     def save_final(self, merged: bool = False) -> str:
         """Save the trained adapter (peft format) or model, with the tokenizer, to output_dir/final; with
@@ -483,6 +463,43 @@ class GRPOTrainer:
                 self.tok.save_pretrained(out + "-merged")
         acc.wait_for_everyone()
         return out
+
+
+def tokenize_prompts(tok, prompts: list, device) -> tuple[Tensor, Tensor]:
+    """Left-padded ids and mask of prompts (chat messages go through the chat template, which already holds its
+    special tokens; plain strings get the tokenizer's)."""
+    texts = [prompt_to_text(p, tok) for p in prompts]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=isinstance(prompts[0], str))
+    return enc.input_ids.to(device), enc.attention_mask.to(device)
+
+
+def decode_completions(tok, comp) -> list[str]:
+    """Completion texts, without the EOS token and what the sampler padded after it."""
+    return tok.batch_decode(comp.ids * comp.mask + tok.pad_token_id * (1 - comp.mask), skip_special_tokens=True)
+
+
+@torch.no_grad()
+def greedy_eval(model, tok, rows: list[dict], reward: str = "gsm8k", prompt_column: str = "question",
+                system_prompt: str | None = None, max_new_tokens: int = 128, batch_size: int = 32,
+                eos_ids: list[int] | None = None, engine: str = "auto") -> dict:
+    """Greedy-decode each row's prompt and score it with the named reward function (1 = correct):
+    {"correct": sum of scores, "samples": [{prompt, completion, score}]}. Used for any model, TRL's included."""
+    fn = get_reward_functions([reward])
+    eos_ids = eos_ids or [tok.eos_token_id]
+    device = next(model.parameters()).device
+    correct, samples = 0.0, []
+    for s in range(0, len(rows), batch_size):
+        batch = rows[s:s + batch_size]
+        prompts = [make_prompt(row, prompt_column, system_prompt) for row in batch]
+        ids, mask = tokenize_prompts(tok, prompts, device)
+        comp = sample_completions(model, ids, mask, 1, max_new_tokens, eos_ids, tok.pad_token_id,
+                                  temperature=0.0, engine=engine)
+        texts = decode_completions(tok, comp)
+        columns = {k: [row[k] for row in batch] for k in batch[0] if k != "prompt"}
+        scores, _ = score_completions(fn, None, prompts, texts, columns)
+        correct += float(scores.sum())
+        samples += [{"prompt": p, "completion": t, "score": float(x)} for p, t, x in zip(prompts, texts, scores)]
+    return {"correct": correct, "samples": samples}
 
 
 def _targets(modules: list[str]) -> list[str] | str:

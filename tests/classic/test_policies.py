@@ -85,6 +85,11 @@ def run_recipe(name: str, run_dir, *args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def without_timings(result: dict) -> dict:
+    """A run summary without its wall / CPU times (what must be identical across runs with the same seed)."""
+    return {k: v for k, v in result.items() if k not in ("wall_s", "cpu_s")}
+
+
 def _actor(action_space, hidden=(16,), obs_space=None):
     torch.manual_seed(0)
     obs_space = obs_space or gym.spaces.Box(-1.0, 1.0, (3,), np.float32)

@@ -96,3 +96,20 @@ def test_plain_q_network_shapes_and_reset_noise_is_a_no_op():
     out = net(obs)
     net.reset_noise()
     assert torch.equal(out, net(obs)) and out.shape == (3, 2)
+
+
+def test_network_wide_noise_draw_gives_each_layer_fresh_scaled_normals():
+    # Every layer's eps must be f(z) = sgn(z) sqrt|z| of its own N(0, 1) draws: E f(z) = 0, E f(z)^2 = sqrt(2/pi),
+    # and no two layers (or two draws) may share noise.
+    torch.manual_seed(6)
+    net = QNetwork(3, 2, hidden=(64, 64), dueling=True, noisy=True)
+    layers = [m for m in net.modules() if isinstance(m, NoisyLinear)]
+    draws = []
+    for _ in range(300):
+        net.reset_noise()
+        draws.append(torch.cat([torch.cat([m.eps_in, m.eps_out]) for m in layers]))
+    eps = torch.stack(draws)
+    assert eps.mean().abs() < 0.01
+    assert eps.pow(2).mean().item() == pytest.approx(math.sqrt(2 / math.pi), rel=0.02)
+    assert eps[0].unique().numel() == eps.shape[1]  # all layers' entries are distinct draws
+    assert not torch.equal(draws[0], draws[1])

