@@ -137,11 +137,16 @@ def main():
     ap.add_argument("--dataset", default="data/arithmetic")
     ap.add_argument("--sides", nargs="+", default=["llmrl", "trl"], choices=["llmrl", "trl"])
     ap.add_argument("--out", default="runs/bench_learning")
+    ap.add_argument("--skip_training", action="store_true", help="only evaluate and plot the runs in --out")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     result = {"hyperparameters": hyper(args), "wall_s": {}}
+    prior = os.path.join(args.out, "result.json")
+    if os.path.exists(prior):  # sides trained by an earlier invocation keep their wall times
+        result["wall_s"] = json.load(open(prior)).get("wall_s", {})
     for side in args.sides:
-        result["wall_s"][side] = (run_llmrl if side == "llmrl" else run_trl)(args, os.path.join(args.out, side))
+        if not args.skip_training:
+            result["wall_s"][side] = (run_llmrl if side == "llmrl" else run_trl)(args, os.path.join(args.out, side))
     acc = {"base": evaluate(None, args)}
     for side in args.sides:
         acc[side] = evaluate(os.path.join(args.out, side, "final"), args)

@@ -1,11 +1,11 @@
-"""The DQN family on CartPole-v1: by default the combined agent (Double + Dueling + PER + Noisy Nets), which
-solves CartPole within 50k env steps; every variant is a switch.
+"""The DQN family on CartPole-v1: by default the combined agent (Double + Dueling + PER + Noisy Nets + 5-step
+returns), which solves CartPole within 50k env steps; every variant is a switch.
 
     python recipes/dqn_cartpole.py [--seed 1] [--total_timesteps 50000]
         [--double True|False] [--dueling True|False] [--prioritized True|False] [--noisy True|False]
         [--n_step 3] [--optimizer adam|rmsprop] [--tau 0.005 --target_update_interval 1] [--help for every field]
 
-    e.g. plain DQN (Algorithm 6): --double False --dueling False --prioritized False --noisy False
+    e.g. plain DQN (Algorithm 6): --double False --dueling False --prioritized False --noisy False --n_step 1
 
 Prints the run summary as JSON (steps until the mean of the last 20 episodes reaches 475, deterministic
 evaluation over 20 episodes, wall time); metrics (metrics.jsonl, TensorBoard under tb/) and the trained agent

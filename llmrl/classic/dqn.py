@@ -10,6 +10,7 @@ The math (TD targets, Double-DQN bootstrap, Huber loss, dueling aggregation, PER
 from __future__ import annotations
 
 import copy
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -28,8 +29,9 @@ from .replay import PrioritizedReplayBuffer, ReplayBuffer
 
 @dataclass
 class DQNConfig:
-    """Configuration of `train_dqn`. The defaults are the combined agent (Double + Dueling + PER + Noisy) tuned
-    to solve CartPole-v1 within 50k env steps; each switch turns one variant off or on."""
+    """Configuration of `train_dqn`. The defaults are the combined agent (Double + Dueling + PER + Noisy Nets +
+    5-step returns) tuned to solve CartPole-v1 within 50k env steps; each switch turns one variant off or on
+    (plain DQN, Algorithm 6: all four switches off and n_step=1)."""
 
     env_id: str = field(default="CartPole-v1", metadata={"help": "Gymnasium env id (discrete actions)."})
     seed: int = field(default=1, metadata={"help": "Seed of torch, numpy, the env resets and the replay sampling."})
@@ -44,21 +46,24 @@ class DQNConfig:
         "help": "Proportional prioritized experience replay with IS weights (Schaul 2016)."})
     noisy: bool = field(default=True, metadata={
         "help": "Noisy Nets: factorized Gaussian NoisyLinear layers explore instead of epsilon (Fortunato 2018)."})
-    n_step: int = field(default=1, metadata={"help": "k of the k-step return target (1 = one-step DQN target)."})
+    n_step: int = field(default=5, metadata={"help": "k of the k-step return target (1 = one-step DQN target)."})
     # Network and optimizer.
-    hidden_sizes: list[int] = field(default_factory=lambda: [256, 256], metadata={"help": "MLP hidden widths."})
+    hidden_sizes: list[int] = field(default_factory=lambda: [128, 128], metadata={"help": "MLP hidden widths."})
     optimizer: str = field(default="adam", metadata={"help": "'adam' or 'rmsprop' (the 2015 paper's optimizer)."})
-    learning_rate: float = field(default=2.3e-3, metadata={"help": "Optimizer step size."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Optimizer step size."})
     max_grad_norm: float = field(default=10.0, metadata={"help": "Clip the global gradient norm to this value."})
     huber_delta: float = field(default=1.0, metadata={"help": "Huber loss threshold delta (seed eq. 12)."})
-    # Replay and the update schedule.
+    # Replay and the update schedule. With the defaults a round is 16 updates on fixed targets, then a target
+    # refresh: ~760 Bellman backups of 5 steps each in 50k env steps. That horizon is what CartPole-v1 needs: with
+    # fewer backups (a target refresh every 1000 env steps) agents balance the pole but let the cart drift out of
+    # bounds after ~300 steps, too far ahead for the values to see (measured; see docs/BENCHMARKS.md).
     buffer_size: int = field(default=100_000, metadata={"help": "Replay capacity in transitions."})
     batch_size: int = field(default=64, metadata={"help": "Transitions per gradient step."})
     gamma: float = field(default=0.99, metadata={"help": "Discount factor."})
     learning_starts: int = field(default=1_000, metadata={"help": "Env steps of pure collection before training."})
-    train_freq: int = field(default=256, metadata={"help": "Run the updates every this many env steps (per env)."})
-    gradient_steps: int = field(default=128, metadata={"help": "Gradient steps per update round."})
-    target_update_interval: int = field(default=128, metadata={
+    train_freq: int = field(default=64, metadata={"help": "Run the updates every this many env steps (per env)."})
+    gradient_steps: int = field(default=16, metadata={"help": "Gradient steps per update round."})
+    target_update_interval: int = field(default=16, metadata={
         "help": "Update the target network every this many gradient steps (C of Algorithm 6)."})
     tau: float = field(default=1.0, metadata={
         "help": "Target update theta' <- tau theta + (1 - tau) theta' (1 = hard copy, < 1 = Polyak averaging)."})
@@ -68,16 +73,17 @@ class DQNConfig:
     exploration_fraction: float = field(default=0.16, metadata={
         "help": "Fraction of total_timesteps over which epsilon is annealed linearly."})
     noisy_sigma0: float = field(default=0.5, metadata={"help": "NoisyLinear sigma init sigma0 / sqrt(fan_in)."})
-    noise_every_step: bool = field(default=True, metadata={"help": "EXPERIMENT"})
     # Prioritized replay.
     per_alpha: float = field(default=0.6, metadata={"help": "PER priority exponent alpha (0 = uniform)."})
-    per_beta0: float = field(default=0.4, metadata={"help": "PER IS exponent beta at step 0, annealed to 1 at the end."})
+    per_beta0: float = field(default=0.4, metadata={"help": "PER IS exponent beta at step 0 (annealed to 1)."})
     per_eps: float = field(default=1e-6, metadata={"help": "PER priority offset: p = |delta| + eps."})
     # Evaluation, logging, saving.
     solved_threshold: Optional[float] = field(default=475.0, metadata={
         "help": "Record the first env step where the mean of the last 20 training returns reaches this."})
     eval_episodes: int = field(default=20, metadata={"help": "Deterministic evaluation episodes after training."})
     eval_seed: int = field(default=1000, metadata={"help": "Evaluation episode i is reset with eval_seed + i."})
+    eval_interval: int = field(default=0, metadata={
+        "help": "Also evaluate (eval_episodes, deterministic) every this many env steps during training (0 = off)."})
     run_dir: Optional[str] = field(default=None, metadata={
         "help": "Write metrics.jsonl, TensorBoard scalars and the trained agent here (None = write nothing)."})
     tensorboard: bool = field(default=True, metadata={"help": "Also write TensorBoard scalars under run_dir/tb."})
@@ -106,6 +112,8 @@ class DQNConfig:
             raise ValueError(f"DQNConfig.hidden_sizes must be positive widths, got {self.hidden_sizes}")
         if self.torch_threads < 0:
             raise ValueError(f"DQNConfig.torch_threads must be >= 0, got {self.torch_threads}")
+        if self.eval_interval and self.eval_episodes < 1:
+            raise ValueError(f"DQNConfig.eval_interval={self.eval_interval} needs eval_episodes >= 1")
 
 
 def linear_schedule(start: float, end: float, duration: float, t: float) -> float:
@@ -140,7 +148,7 @@ class DQNAgent:
     def load(cls, path: str) -> "DQNAgent":
         """Rebuild an agent saved by `save`."""
         config = load_config(path, DQNConfig)
-        extra = torch.load(f"{path}/agent.pt", map_location="cpu", weights_only=False)["_extra"]
+        extra = torch.load(os.path.join(path, "agent.pt"), map_location="cpu", weights_only=False)["_extra"]
         q_net = build_q_network(config, extra["obs_dim"], extra["n_actions"])
         load_modules(path, {"q_net": q_net})
         return cls(q_net, config)
@@ -159,9 +167,10 @@ class DQNResult:
     episode_end_steps: list[int]  # env step at which each training episode ended
     solved_at: Optional[int]  # first env step where the mean of the last 20 returns reached solved_threshold
     eval_returns: list[float]  # deterministic evaluation after training
-    wall_s: float  # training time (excludes the final evaluation)
+    wall_s: float  # training time (excludes setup and the final evaluation; includes eval_interval evaluations)
     env_steps: int
     gradient_steps: int
+    evaluations: list[tuple[int, float]]  # (env step, mean deterministic return) every eval_interval steps
 
 
 def train_dqn(cfg: DQNConfig) -> DQNResult:
@@ -182,10 +191,13 @@ def _train(cfg: DQNConfig) -> DQNResult:
     if not isinstance(envs.single_action_space, gym.spaces.Discrete):
         raise ValueError(f"DQNConfig.env_id={cfg.env_id!r} has action space {envs.single_action_space}; "
                          "DQN needs Discrete actions")
+    if len(envs.single_observation_space.shape or ()) != 1:
+        raise ValueError(f"DQNConfig.env_id={cfg.env_id!r} has observation space {envs.single_observation_space}; "
+                         "the MLP Q-network needs flat (1-D Box) observations")
     obs_shape = envs.single_observation_space.shape
     n_actions = int(envs.single_action_space.n)
 
-    q_net = build_q_network(cfg, int(np.prod(obs_shape)), n_actions)
+    q_net = build_q_network(cfg, obs_shape[0], n_actions)
     target_net = copy.deepcopy(q_net).requires_grad_(False)
     online_params, target_params = list(q_net.parameters()), list(target_net.parameters())
     # Fused/foreach kernels: one call for all parameter tensors, which is most of an update's cost on tiny MLPs.
@@ -202,6 +214,7 @@ def _train(cfg: DQNConfig) -> DQNResult:
     logger = RunLogger(cfg.run_dir, tensorboard=cfg.tensorboard) if cfg.run_dir else None
     tracker = SolvedTracker(cfg.solved_threshold)
     episode_end_steps: list[int] = []
+    evaluations: list[tuple[int, float]] = []
     pbar = tqdm(total=cfg.total_timesteps, disable=not cfg.progress_bar, desc=f"dqn {cfg.env_id}", unit="step")
     grad_step, global_step, epsilon, beta = 0, 0, 0.0, cfg.per_beta0
     t0 = time.perf_counter()
@@ -209,7 +222,8 @@ def _train(cfg: DQNConfig) -> DQNResult:
     obs, _ = envs.reset(seed=cfg.seed)
     for iteration in range(1, cfg.total_timesteps // cfg.num_envs + 1):
         # 1. Act: uniformly at random until learning starts (as SB3), then epsilon-greedy on Q, or greedy on the
-        # noisy Q, whose weight noise is the exploration.
+        # noisy Q, whose weight noise is the exploration (the noise of the last update: between updates the agent
+        # acts with one fixed set of weights, Fortunato 2018 sec. 3.1).
         if global_step < cfg.learning_starts:
             epsilon = 1.0
         elif cfg.noisy:
@@ -221,8 +235,6 @@ def _train(cfg: DQNConfig) -> DQNResult:
         if explore.all():
             actions = rng.integers(0, n_actions, size=cfg.num_envs)
         else:
-            if cfg.noisy and cfg.noise_every_step:
-                q_net.reset_noise()
             with torch.no_grad():
                 actions = q_net(torch.from_numpy(obs).float()).argmax(dim=-1).numpy()
             actions = np.where(explore, rng.integers(0, n_actions, size=cfg.num_envs), actions)
@@ -246,14 +258,25 @@ def _train(cfg: DQNConfig) -> DQNResult:
                 episode_end_steps.append(global_step)
                 if logger:
                     logger.log({"episodic_return": ret, "episodic_length": length, "epsilon": epsilon}, global_step)
+            pbar.set_postfix(ret20=f"{tracker.mean_recent:.1f}", refresh=False)
         pbar.update(cfg.num_envs)
+        if cfg.eval_interval and global_step // cfg.eval_interval > len(evaluations):
+            mean_return = float(np.mean(evaluate(DQNAgent(q_net, cfg).act, cfg.env_id, cfg.eval_episodes,
+                                                 cfg.eval_seed)))
+            q_net.train()  # DQNAgent switched it to eval mode (noise off) for the evaluation
+            evaluations.append((global_step, mean_return))
+            if logger:
+                logger.log({"eval_mean_return": mean_return}, global_step)
 
         # 3. Learn: `gradient_steps` updates every `train_freq` steps once `learning_starts` steps are stored.
         if global_step <= cfg.learning_starts or iteration % cfg.train_freq != 0:
             continue
         for _ in range(cfg.gradient_steps):
             beta = linear_schedule(cfg.per_beta0, 1.0, cfg.total_timesteps, global_step)
-            batch = buffer.sample(cfg.batch_size, rng, beta) if cfg.prioritized else buffer.sample(cfg.batch_size, rng)
+            if cfg.prioritized:
+                batch = buffer.sample(cfg.batch_size, rng, beta)
+            else:
+                batch = buffer.sample(cfg.batch_size, rng)
             if cfg.noisy:  # a fresh noise sample per update, independent for the two networks (Fortunato 2018)
                 q_net.reset_noise()
                 target_net.reset_noise()
@@ -283,12 +306,14 @@ def _train(cfg: DQNConfig) -> DQNResult:
             if grad_step % cfg.target_update_interval == 0:
                 with torch.no_grad():  # theta' <- theta' + tau (theta - theta'); tau = 1 copies exactly
                     for target_p, online_p in zip(target_params, online_params):
-                        target_p.copy_(online_p) if cfg.tau == 1.0 else target_p.lerp_(online_p, cfg.tau)
+                        if cfg.tau == 1.0:
+                            target_p.copy_(online_p)
+                        else:
+                            target_p.lerp_(online_p, cfg.tau)
             if logger and grad_step % cfg.log_interval == 0:
-                logger.log({"loss": loss.item(), "q_mean": q.mean().item(), "td_abs_mean": td_error.abs().mean().item(),
-                            "beta": beta, "sps": global_step / (time.perf_counter() - t0)}, global_step)
-        if tracker.recent:
-            pbar.set_postfix(ret20=f"{tracker.mean_recent:.1f}", refresh=False)
+                logger.log({"loss": loss.item(), "q_mean": q.mean().item(),
+                            "td_abs_mean": td_error.abs().mean().item(), "beta": beta,
+                            "sps": global_step / (time.perf_counter() - t0)}, global_step)
 
     wall_s = time.perf_counter() - t0
     pbar.close()
@@ -302,4 +327,4 @@ def _train(cfg: DQNConfig) -> DQNResult:
         agent.save(cfg.run_dir)
     return DQNResult(agent=agent, episode_returns=tracker.returns, episode_end_steps=episode_end_steps,
                      solved_at=tracker.solved_at, eval_returns=eval_returns, wall_s=wall_s, env_steps=global_step,
-                     gradient_steps=grad_step)
+                     gradient_steps=grad_step, evaluations=evaluations)

@@ -46,9 +46,11 @@ class NoisyLinear(nn.Module):
         eps = factorized_noise(torch.randn(self.in_features + self.out_features, device=self.weight_mu.device))
         self.set_noise(*eps.split([self.in_features, self.out_features]))
 
+    @torch.no_grad()
     def set_noise(self, eps_in: Tensor, eps_out: Tensor) -> None:
         """Use the already scaled noise f(z_in) (in_features,), f(z_out) (out_features,)."""
-        self.eps_in, self.eps_out = eps_in, eps_out
+        self.eps_in.copy_(eps_in)
+        self.eps_out.copy_(eps_out)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:

@@ -128,12 +128,13 @@ def gradient_variance(actor: Actor, batch: EpisodeBatch, advantages: dict[str, T
     """Empirical variance of the single-episode estimator g_i = sum_t grad log pi(a_t|s_t) A_t for each
     baseline's advantages (N, T) on the same batch: trace of the covariance over episodes, sum_p Var_i(g_ip)."""
     valid = batch.mask.bool()
-    episode = torch.arange(batch.mask.shape[0])[:, None].expand_as(valid)[valid]
-    per_episode = {name: 0.0 for name in advantages}
+    N, P = batch.mask.shape[0], sum(p.numel() for p in actor.parameters())
+    episode = torch.arange(N)[:, None].expand_as(valid)[valid]  # episode index of each valid step
+    weights = {name: adv[valid] for name, adv in advantages.items()}
+    per_episode = {name: torch.zeros(N, P) for name in advantages}  # g_i for each baseline
     for idx, scores in chunked_scores(actor, batch):
-        for name, adv in advantages.items():
-            contrib = torch.zeros(batch.mask.shape[0], scores.shape[1])
-            per_episode[name] = per_episode[name] + contrib.index_add_(0, episode[idx], scores * adv[valid][idx, None])
+        for name, g in per_episode.items():
+            g.index_add_(0, episode[idx], scores * weights[name][idx, None])
     return {name: float(g.var(dim=0).sum()) for name, g in per_episode.items()}
 
 
@@ -183,6 +184,8 @@ def train_reinforce(cfg: ReinforceConfig) -> dict:
             metrics["value_loss"] = v_loss.item()
         run.log(metrics | {"policy_loss": loss.item(), "mean_episode_length": batch.lengths.float().mean().item()})
 
+    for env in envs:
+        env.close()
     modules = {"actor": actor} | ({"critic": critic} if critic is not None else {})
     return run.finish(actor, modules)
 

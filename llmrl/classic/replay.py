@@ -144,11 +144,12 @@ class SumTree:
         node = np.ones(len(prefix), dtype=np.int64)
         while node[0] < self.leaf0:
             left = self.nodes[2 * node]
-            right = prefix >= left
+            # Never step into a subtree of zero mass: a prefix within rounding of `total` would otherwise reach
+            # the empty leaves past the last stored transition.
+            right = (prefix >= left) & (self.nodes[2 * node + 1] > 0)
             prefix -= left * right
             node = 2 * node + right
-        # A prefix within rounding of `total` can walk into the empty leaves past the last stored one.
-        return np.minimum(node - self.leaf0, self.capacity - 1)
+        return node - self.leaf0
 
 
 class PrioritizedReplayBuffer(ReplayBuffer):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .returns import discounted_returns
 
 
 def dueling_q_values(values: Tensor, advantages: Tensor) -> Tensor:
@@ -23,10 +22,14 @@ def n_step_sums(rewards: Tensor, ends: Tensor, gamma: float) -> tuple[Tensor, Te
     (episode over, or no newer data). m = 1 + index of the first end, or n. Returns (G (...), m (...) long);
     the caller bootstraps with gamma^m (1 - terminated_{t+m-1}) max_a Q(s_{t+m}, a), e.g. via `td_target`.
     """
-    ends = ends.to(rewards.dtype).clone()
-    ends[..., -1] = 1.0
-    G = discounted_returns(rewards, gamma, dones=ends)[..., 0]
-    m = ends.argmax(dim=-1) + 1  # argmax returns the first maximal index: the first end
+    n = rewards.shape[-1]
+    # alive[..., i] = 1 while no end occurred before step i: a closed form of the discounted sum stopped at the
+    # first end, without a loop over the window (it runs once per replayed minibatch).
+    not_ended = 1.0 - ends[..., :-1].to(rewards.dtype)
+    alive = torch.cat([torch.ones_like(rewards[..., :1]), torch.cumprod(not_ended, dim=-1)], dim=-1)
+    discounts = gamma ** torch.arange(n, dtype=rewards.dtype, device=rewards.device)
+    G = (alive * discounts * rewards).sum(dim=-1)
+    m = alive.sum(dim=-1).long()
     return G, m
 
 

@@ -1,6 +1,5 @@
 """A2C and the rollout collector it runs on: exact truncation bootstrapping, k-step / GAE advantages against
 hand computations, and smoke / learning / determinism / save-load runs."""
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -11,7 +10,8 @@ from llmrl.classic.common import make_vec_env
 from llmrl.classic.policies import Actor
 from llmrl.classic.rollout import OnPolicyRun, RolloutCollector
 
-from .test_policies import ALTERNATE_ID, HORIZON, TRACK_ID, register_toy_envs, run_recipe, without_timings
+from .test_policies import (ALTERNATE_ID, HORIZON, TRACK_ID, assert_same_weights, register_toy_envs, run_recipe,
+                           without_timings)
 
 
 class LinearValue(nn.Module):
@@ -107,9 +107,7 @@ def test_same_seed_same_result_and_save_load(tmp_path):
     actor, critic, cfg = load_a2c(str(tmp_path / "a" / "agent"))
     assert cfg.seed == 5 and cfg.env_id == TRACK_ID
     actor_b, critic_b, _ = load_a2c(str(tmp_path / "b" / "agent"))
-    for m, m_b in [(actor, actor_b), (critic, critic_b)]:
-        for (k, v), (_, w) in zip(m.state_dict().items(), m_b.state_dict().items()):
-            assert torch.equal(v, w), k
+    assert_same_weights((actor, actor_b), (critic, critic_b))
     c = train_a2c(_cfg(tmp_path / "c", env_id=TRACK_ID, total_steps=640, seed=6))
     assert c["eval_mean_return"] != a["eval_mean_return"]
 

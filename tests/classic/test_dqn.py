@@ -88,10 +88,10 @@ def test_same_seed_gives_identical_run_and_other_seed_differs():
 def test_truncation_bootstraps_to_the_infinite_horizon_value():
     # Rewards 1 forever, cut by the 5-step TimeLimit: the value is 1/(1-gamma) = 10. Treating the cut as a
     # termination would give the fixed point of Q = 1 + gamma (4/5) Q, i.e. 1/(1-0.72) ~ 3.6.
-    cfg = DQNConfig(env_id="llmrl-test/Constant-v0", total_timesteps=1500, learning_starts=100, train_freq=10,
-                    gradient_steps=10, target_update_interval=10, batch_size=32, buffer_size=2000, gamma=0.9,
-                    learning_rate=3e-3, hidden_sizes=[16], double=False, dueling=False, prioritized=False,
-                    noisy=False, eval_episodes=0, solved_threshold=None)
+    cfg = DQNConfig(env_id="llmrl-test/Constant-v0", total_timesteps=500, learning_starts=50, train_freq=5,
+                    gradient_steps=5, target_update_interval=5, batch_size=32, buffer_size=1000, gamma=0.9,
+                    learning_rate=1e-2, hidden_sizes=[16], double=False, dueling=False, prioritized=False,
+                    noisy=False, n_step=1, eval_episodes=0, solved_threshold=None)
     q = train_dqn(cfg).agent.q_values(np.zeros(1, np.float32))
     assert q == pytest.approx([10.0, 10.0], rel=0.05)
 
@@ -101,25 +101,29 @@ def test_learns_a_tiny_chain_within_a_small_budget(combined):
     cfg = DQNConfig(env_id="llmrl-test/Chain-v0", total_timesteps=1500, learning_starts=200, train_freq=20,
                     gradient_steps=10, target_update_interval=20, batch_size=32, buffer_size=2000, gamma=0.9,
                     learning_rate=3e-3, hidden_sizes=[32], exploration_fraction=0.5, double=combined,
-                    dueling=combined, prioritized=combined, noisy=combined, eval_episodes=3, solved_threshold=None)
+                    dueling=combined, prioritized=combined, noisy=combined, n_step=1, eval_episodes=3,
+                    solved_threshold=None)
     res = train_dqn(cfg)
     assert res.eval_returns == [1.0, 1.0, 1.0]
-    # The greedy policy walks straight right: 4 steps, Q(start, right) ~ gamma^3.
+    # The greedy policy walks straight right, and the values are Q*: Q*(pos, right) = gamma^(3 - pos), and
+    # Q*(0, left) = gamma Q*(0, right) (bumping into the wall wastes a step).
     q = res.agent.q_values(np.eye(5, dtype=np.float32)[:4])
     assert (q.argmax(-1) == 1).all()
-    assert q[0, 1] == pytest.approx(0.9 ** 3, abs=0.1)
+    np.testing.assert_allclose(q[:, 1], [0.9 ** 3, 0.9 ** 2, 0.9, 1.0], atol=0.03)
+    assert q[0, 0] == pytest.approx(0.9 ** 4, abs=0.03)
 
 
 def test_save_load_round_trip_and_run_dir(tmp_path):
     run_dir = str(tmp_path / "run")
-    res = train_dqn(tiny(noisy=True, dueling=True, run_dir=run_dir, log_interval=1))
+    res = train_dqn(tiny(noisy=True, dueling=True, run_dir=run_dir, log_interval=1, eval_interval=150))
+    assert [step for step, _ in res.evaluations] == [150, 300]
     loaded = DQNAgent.load(run_dir)
     assert loaded.config == res.agent.config
     obs = np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32)
     np.testing.assert_array_equal(loaded.q_values(obs), res.agent.q_values(obs))
     assert [loaded.act(o) for o in obs] == [res.agent.act(o) for o in obs]
     rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
-    assert any("episodic_return" in r for r in rows) and any("loss" in r for r in rows)
+    assert all(any(k in r for r in rows) for k in ("episodic_return", "loss", "eval_mean_return"))
     assert os.listdir(os.path.join(run_dir, "tb"))
     other = str(tmp_path / "copy")
     loaded.save(other)

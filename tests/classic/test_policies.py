@@ -20,19 +20,10 @@ ALTERNATE_ID = "llmrl-test/Alternate-v0"
 TRACK_ID = "llmrl-test/Track-v0"
 
 
-def _one_hot_time(t: int) -> np.ndarray:
-    obs = np.zeros(HORIZON + 1, dtype=np.float32)
-    obs[t] = 1.0
-    return obs
-
-
-class AlternateEnv(gym.Env):
-    """Discrete toy task: obs = one-hot of the step t; action t mod 2 earns 1, any other action terminates,
-    and a time limit of H steps truncates (optimal return H; the initial near-uniform policy is right at all
-    H steps by chance 2^-H). Deterministic observations make the final observation at truncation known: e_H."""
+class _ClockEnv(gym.Env):
+    """Observation = one-hot of the step t (0..H), deterministic; subclasses define the reward."""
 
     observation_space = gym.spaces.Box(0.0, 1.0, (HORIZON + 1,), np.float32)
-    action_space = gym.spaces.Discrete(2)
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -40,7 +31,15 @@ class AlternateEnv(gym.Env):
         return self._obs(), {}
 
     def _obs(self):
-        return _one_hot_time(self.t)
+        return np.eye(HORIZON + 1, dtype=np.float32)[self.t]
+
+
+class AlternateEnv(_ClockEnv):
+    """Discrete toy task: action t mod 2 earns 1, any other action terminates, and a time limit of H steps
+    truncates (optimal return H; the initial near-uniform policy is right at all H steps by chance 2^-H).
+    Deterministic observations make the final observation at truncation known: e_H."""
+
+    action_space = gym.spaces.Discrete(2)
 
     def step(self, action):
         correct = int(action) == self.t % 2
@@ -48,20 +47,11 @@ class AlternateEnv(gym.Env):
         return self._obs(), float(correct), not correct, False, {}
 
 
-class TrackEnv(gym.Env):
-    """Continuous toy task: obs = one-hot of the step t, target c_t = +0.5 at even t and -0.5 at odd t; reward
-    -(a - c_t)^2, never terminates, truncated at H (optimal return 0; the initial mean action ~0 scores -1.25)."""
+class TrackEnv(_ClockEnv):
+    """Continuous toy task: target c_t = +0.5 at even t and -0.5 at odd t; reward -(a - c_t)^2, never
+    terminates, truncated at H (optimal return 0; the initial mean action ~0 scores -1.25)."""
 
-    observation_space = gym.spaces.Box(0.0, 1.0, (HORIZON + 1,), np.float32)
     action_space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return self._obs(), {}
-
-    def _obs(self):
-        return _one_hot_time(self.t)
 
     def step(self, action):
         target = 0.5 if self.t % 2 == 0 else -0.5
@@ -83,6 +73,14 @@ def run_recipe(name: str, run_dir, *args: str) -> dict:
                           "--progress", "False", "--tensorboard", "False", *args],
                          capture_output=True, text=True, check=True, cwd=root)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def assert_same_weights(*pairs) -> None:
+    """Every (module, module) pair has identical state dicts."""
+    for m, m_b in pairs:
+        assert m.state_dict().keys() == m_b.state_dict().keys()
+        for k, v in m.state_dict().items():
+            assert torch.equal(v, m_b.state_dict()[k]), k
 
 
 def without_timings(result: dict) -> dict:

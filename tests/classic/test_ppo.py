@@ -12,7 +12,7 @@ from llmrl.classic.ppo import PPOConfig, load_ppo, ppo_loss, train_ppo
 from llmrl.classic.rollout import OnPolicyRun, RolloutCollector
 from llmrl.objectives import gae, policy_gradient_loss, whiten
 
-from .test_policies import ALTERNATE_ID, TRACK_ID, register_toy_envs, run_recipe, without_timings
+from .test_policies import ALTERNATE_ID, TRACK_ID, assert_same_weights, register_toy_envs, run_recipe, without_timings
 
 
 def _cfg(tmp_path, **kw):
@@ -85,9 +85,7 @@ def test_same_seed_same_result_and_save_load(tmp_path):
     actor, critic, cfg = load_ppo(str(tmp_path / "a" / "agent"))
     actor_b, critic_b, _ = load_ppo(str(tmp_path / "b" / "agent"))
     assert cfg.seed == 7 and cfg.env_id == TRACK_ID and cfg.batch_size == 64
-    for m, m_b in [(actor, actor_b), (critic, critic_b)]:
-        for (k, v), (_, w) in zip(m.state_dict().items(), m_b.state_dict().items()):
-            assert torch.equal(v, w), k
+    assert_same_weights((actor, actor_b), (critic, critic_b))
     obs = np.eye(6, dtype=np.float32)[1]
     assert actor.act(obs) == pytest.approx(actor_b.act(obs))
 

@@ -13,7 +13,7 @@ from llmrl.classic.reinforce import (BASELINES, ReinforceConfig, gradient_varian
 from llmrl.classic.rollout import EpisodeCollector, OnPolicyRun
 from llmrl.objectives import discounted_returns
 
-from .test_policies import ALTERNATE_ID, TRACK_ID, register_toy_envs, run_recipe, without_timings
+from .test_policies import ALTERNATE_ID, TRACK_ID, assert_same_weights, register_toy_envs, run_recipe, without_timings
 
 TOY_ID = "llmrl-test/ToyMDP-v0"
 GAMMA = 0.8
@@ -177,9 +177,7 @@ def test_same_seed_same_result_and_save_load(tmp_path):
     actor_a, critic_a, cfg_a = load_reinforce(str(tmp_path / "a" / "agent"))
     actor_b, critic_b, cfg_b = load_reinforce(str(tmp_path / "b" / "agent"))
     assert cfg_a.run_dir.endswith("a") and cfg_a == ReinforceConfig(**(vars(cfg_b) | {"run_dir": cfg_a.run_dir}))
-    for m_a, m_b in [(actor_a, actor_b), (critic_a, critic_b)]:
-        for (k, v), (_, w) in zip(m_a.state_dict().items(), m_b.state_dict().items()):
-            assert torch.equal(v, w), k
+    assert_same_weights((actor_a, actor_b), (critic_a, critic_b))
     assert actor_a.act(np.eye(6, dtype=np.float32)[1]) == actor_b.act(np.eye(6, dtype=np.float32)[1])
 
 

@@ -30,7 +30,10 @@ def test_sum_tree_total_and_find_against_cumsum(capacity):
 def test_sum_tree_never_returns_an_empty_leaf():
     tree = SumTree(5)  # 8 leaves, 3 of them empty
     tree.update(np.arange(5), np.ones(5))
-    assert tree.find(np.array([0.0, 4.999999, np.nextafter(5.0, 0)])).max() <= 4
+    np.testing.assert_array_equal(tree.find(np.array([0.0, 4.999999, np.nextafter(5.0, 0), 5.0, 5.5])),
+                                  [0, 4, 4, 4, 4])
+    tree.update(np.array([4, 1]), np.zeros(2))  # zero-priority leaves are skipped at any prefix
+    np.testing.assert_array_equal(tree.find(np.array([0.5, 1.0, 2.999, 3.0, 9.0])), [0, 2, 3, 3, 3])
 
 
 def fill(buffer, n, rng, num_envs=1):

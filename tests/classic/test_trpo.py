@@ -11,7 +11,7 @@ from llmrl.classic.rollout import OnPolicyRun, RolloutCollector
 from llmrl.classic.trpo import TRPOConfig, load_trpo, train_trpo, trpo_policy_step
 from llmrl.objectives import gae, surrogate_loss, whiten
 
-from .test_policies import ALTERNATE_ID, TRACK_ID, register_toy_envs, run_recipe, without_timings
+from .test_policies import ALTERNATE_ID, TRACK_ID, assert_same_weights, register_toy_envs, run_recipe, without_timings
 
 
 def _cfg(tmp_path, **kw):
@@ -83,9 +83,7 @@ def test_same_seed_same_result_and_save_load(tmp_path):
     actor, critic, cfg = load_trpo(str(tmp_path / "a" / "agent"))
     actor_b, critic_b, _ = load_trpo(str(tmp_path / "b" / "agent"))
     assert cfg.seed == 2 and cfg.num_steps == 16
-    for m, m_b in [(actor, actor_b), (critic, critic_b)]:
-        for (k, v), (_, w) in zip(m.state_dict().items(), m_b.state_dict().items()):
-            assert torch.equal(v, w), k
+    assert_same_weights((actor, actor_b), (critic, critic_b))
 
 
 def test_config_errors_name_the_field():
