@@ -1,10 +1,11 @@
 """Benchmark: the DQN family on CartPole-v1 against Stable-Baselines3 DQN, in one run (issue 4).
 
 For each seed, every variant (DQN, Double, Dueling, PER, Noisy, all combined, and DQN / combined with 1-step
-targets; same hyperparameters, only the switches differ) and the SB3 anchor (`../shared/anchors/sb3_cartpole.py`, run as-is in a subprocess) train for
-the same number of env steps, interleaved so that load drift on a shared machine hits them alike. Reported:
-env steps until the mean return of the last 20 training episodes reaches 475, a deterministic 20-episode
-evaluation (reset seeds 1000..1019, as the anchor), wall time of training, and wall time per env step.
+targets; same hyperparameters, only the switches differ) and the SB3 anchor (`../shared/anchors/sb3_cartpole.py`
+in a subprocess, as-is and once more with OMP_NUM_THREADS=1) train for the same number of env steps, interleaved
+so that load drift on a shared machine hits them alike. Reported: env steps until the mean return of the last 20
+training episodes reaches 475, a deterministic 20-episode evaluation (reset seeds 1000..1019, as the anchor),
+wall time of training (the loop only, as the anchor times only `learn()`), and wall time per env step.
 
     flock /tmp/llmrl-bench.lock .venv/bin/python bench/dqn_cartpole.py --seeds 1 2 3 4 5 --steps 50000
 
@@ -53,20 +54,26 @@ def run_ours(variant: str, seed: int, steps: int, overrides: dict) -> dict:
             "episodes": len(res.episode_returns), "gradient_steps": res.gradient_steps}
 
 
-def run_sb3(seed: int, steps: int, anchor: str) -> dict:
+def run_sb3(name: str, seed: int, steps: int, anchor: str) -> dict:
+    # "sb3" runs the anchor as-is (torch's default thread count); "sb3_1thread" only sets OMP_NUM_THREADS=1, the
+    # thread count our agents train with, to separate implementation cost from threading on a shared machine.
+    env = os.environ | ({"OMP_NUM_THREADS": "1"} if name == "sb3_1thread" else {})
     out = subprocess.run([sys.executable, anchor, "dqn", str(seed), str(steps)], capture_output=True, text=True,
-                         check=True).stdout
+                         check=True, env=env).stdout
     row = json.loads(out.strip().splitlines()[-1])
-    return {"name": "sb3", "seed": seed, "total_steps": steps, "wall_s": row["wall_s"],
+    return {"name": name, "seed": seed, "total_steps": steps, "wall_s": row["wall_s"],
             "steps_to_475": row["steps_to_475"], "eval_mean_return": row["eval_mean_return"]}
 
 
 def table(rows: list[dict], names: list[str]) -> str:
-    sb3 = [r for r in rows if r["name"] == "sb3"]
-    sb3_us = np.mean([r["wall_s"] / r["total_steps"] * 1e6 for r in sb3]) if sb3 else None
+    def us_per_step(name):
+        rs = [r for r in rows if r["name"] == name]
+        return np.mean([r["wall_s"] / r["total_steps"] * 1e6 for r in rs]) if rs else None
+
+    refs = [us_per_step("sb3"), us_per_step("sb3_1thread")]
     lines = ["| agent | solved (mean of last 20 >= 475) | env steps to solve, per seed | eval return (20 ep.), "
-             "per seed | wall s, mean | us / env step | vs SB3 |",
-             "|---|---|---|---|---|---|---|"]
+             "per seed | wall s, mean | us / env step | vs SB3 | vs SB3 1 thread |",
+             "|---|---|---|---|---|---|---|---|"]
     for name in names:
         rs = sorted((r for r in rows if r["name"] == name), key=lambda r: r["seed"])
         if not rs:
@@ -76,9 +83,9 @@ def table(rows: list[dict], names: list[str]) -> str:
         evals = ", ".join(f"{r['eval_mean_return']:.0f}" for r in rs)
         wall = np.mean([r["wall_s"] for r in rs])
         us = np.mean([r["wall_s"] / r["total_steps"] * 1e6 for r in rs])
-        ratio = "" if sb3_us is None else f"{us / sb3_us:.2f}x"
+        ratios = " | ".join("" if ref is None else f"{us / ref:.2f}x" for ref in refs)
         lines.append(f"| {name} | {sum(s is not None for s in solved)}/{len(rs)} | {steps} | {evals} | {wall:.1f} "
-                     f"| {us:.0f} | {ratio} |")
+                     f"| {us:.0f} | {ratios} |")
     return "\n".join(lines)
 
 
@@ -87,7 +94,7 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     ap.add_argument("--steps", type=int, default=50_000)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--no-sb3", action="store_true", help="skip the Stable-Baselines3 anchor")
+    ap.add_argument("--no-sb3", action="store_true", help="skip the Stable-Baselines3 anchor runs")
     ap.add_argument("--anchor", default=ANCHOR, help="path of sb3_cartpole.py")
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                     help="override DQNConfig fields for every variant (values parsed as JSON, else strings)")
@@ -101,11 +108,11 @@ def main(argv=None):
             overrides[k] = json.loads(v)
         except json.JSONDecodeError:
             overrides[k] = v
-    names = args.variants + ([] if args.no_sb3 else ["sb3"])
+    names = args.variants + ([] if args.no_sb3 else ["sb3", "sb3_1thread"])
     rows = []
     for seed in args.seeds:  # interleaved: each seed runs every agent before the next seed
         for name in names:
-            row = run_sb3(seed, args.steps, args.anchor) if name == "sb3" else \
+            row = run_sb3(name, seed, args.steps, args.anchor) if name.startswith("sb3") else \
                 run_ours(name, seed, args.steps, overrides)
             rows.append(row)
             print(json.dumps(row), flush=True)

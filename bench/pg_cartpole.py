@@ -33,6 +33,7 @@ BASELINES = ("none", "constant", "time_dependent", "optimal", "value")
 # name -> (recipe, extra flags, step budget)
 RUNS = {
     "ppo": ("ppo_cartpole", [], 100_000),
+    "ppo_lr1e-3": ("ppo_cartpole", ["--learning_rate", "1e-3"], 100_000),  # the anchor's own step size
     "kl_ppo": ("kl_ppo_cartpole", [], 200_000),
     "a2c": ("a2c_cartpole", [], 200_000),
     "trpo": ("trpo_cartpole", [], 200_000),
@@ -105,7 +106,7 @@ def tables(results: dict) -> str:
     head = ("| agent | budget | solved | median steps to 475 | steps to 475 per seed | eval return, mean over "
             "seeds | training wall s (median) | process CPU s (median) |\n|---|---|---|---|---|---|---|---|")
     lines = ["### CartPole-v1", "", head]
-    for name in ("sb3_ppo", "ppo", "kl_ppo", "a2c", "trpo"):
+    for name in ("sb3_ppo", "ppo", "ppo_lr1e-3", "kl_ppo", "a2c", "trpo"):
         if results.get(name):
             lines.append(summary_row("SB3 PPO (anchor)" if name == "sb3_ppo" else name, results[name]))
     if results.get("sb3_ppo") and results.get("ppo"):

@@ -41,7 +41,8 @@ class PPOConfig(OnPolicyConfig):
     ent_coef: float = field(default=0.0, metadata={"help": "weight of the entropy bonus"})
     normalize_advantage: bool = field(default=True, metadata={"help": "whiten advantages per minibatch"})
     target_kl: Optional[float] = field(default=None, metadata={
-        "help": "stop the epochs of an iteration once the approx. KL exceeds 1.5 x this (default: off)"})
+        "help": "stop an iteration's epochs once the approx. KL of an epoch's last minibatch exceeds 1.5 x this "
+                "(default: off)"})
     kl_beta: float = field(default=1.0, metadata={"help": "initial KL coefficient beta (loss=kl)"})
     kl_target: float = field(default=0.01, metadata={
         "help": "KL target d_targ of the adaptive rule: beta x1.5 above 1.5 d_targ, /1.5 below d_targ/1.5"})

@@ -53,9 +53,9 @@ class OnPolicyConfig:
     torch_threads: int = field(default=1, metadata={"help": "torch CPU threads (1 is fastest for tiny MLPs)"})
 
     def __post_init__(self):
-        for name in ("total_steps", "num_envs", "eval_episodes", "torch_threads"):
-            if getattr(self, name) < (0 if name == "eval_episodes" else 1):
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name, low in (("total_steps", 1), ("num_envs", 1), ("eval_episodes", 0), ("torch_threads", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
         if self.learning_rate <= 0:

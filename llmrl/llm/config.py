@@ -61,7 +61,8 @@ class GRPOConfig:
     clip_low: float = _h("PPO clip epsilon below 1 (TRL: epsilon).", default=0.2)
     clip_high: float | None = _h("PPO clip epsilon above 1 (DAPO clip-higher); default = clip_low.", default=None)
     ratio_level: str = _h("Importance ratio per 'token' or per 'sequence' (GSPO).", default="token")
-    beta: float = _h("KL coefficient to the reference policy (0 = no reference forward at all).", default=0.04)
+    beta: float = _h("KL coefficient to the reference policy (0, the default as in TRL, skips the reference "
+                     "forward; GRPO's paper used 0.04).", default=0.0)
     kl_estimator: str = _h("Per-token KL estimator: k1 | k2 | k3.", default="k3")
     kl_in: str = _h("Put the KL penalty in the 'loss' (GRPO) or subtract it from the 'reward' (PPO-RLHF).",
                     default="loss")
@@ -72,7 +73,8 @@ class GRPOConfig:
     num_iterations: int = _h("mu: optimization passes over each generation batch.", default=1)
     micro_batch_size: int = _h("Completions per forward/backward (gradient accumulation is exact).", default=16)
     # --- optimization ---
-    learning_rate: float = _h("AdamW learning rate.", default=1e-5)
+    learning_rate: float = _h("AdamW learning rate (1e-4 suits LoRA; use ~1e-6 for full fine-tuning).",
+                              default=1e-4)
     lr_scheduler: str = _h("transformers scheduler name: constant_with_warmup | linear | cosine | constant.",
                            default="constant_with_warmup")
     warmup_steps: int = _h("Optimizer steps of linear warm-up.", default=0)

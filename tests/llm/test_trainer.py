@@ -237,7 +237,7 @@ def test_evaluate_reports_greedy_accuracy(tmp_path):
 
 def test_tensorboard_scalars_through_accelerate(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    tiny_trainer(tmp_path, report_to=["tensorboard"], max_steps=2).train()
+    tiny_trainer(tmp_path, report_to=["tensorboard"], max_steps=2, beta=0.04).train()
     acc = EventAccumulator(str(tmp_path / "tb"))
     acc.Reload()
     tags = acc.Tags()["scalars"]
