@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -93,14 +94,16 @@ def evaluate(adapter: str | None, args) -> float:
     return res["correct"] / len(rows)
 
 
+def logs(out: str, side: str) -> list[dict]:
+    """Per-step log rows of a side (llmrl: metrics.jsonl; TRL: trainer.state.log_history)."""
+    if side == "llmrl":
+        return [json.loads(line) for line in open(os.path.join(out, "llmrl", "metrics.jsonl"))]
+    return [h for h in json.load(open(os.path.join(out, "trl", "log_history.json"))) if "reward" in h]
+
+
 def curves(out: str, sides: list[str]) -> dict:
     """Per-step mean reward of each side."""
-    c = {}
-    if "llmrl" in sides:
-        c["llmrl"] = [json.loads(line)["reward"] for line in open(os.path.join(out, "llmrl", "metrics.jsonl"))]
-    if "trl" in sides:
-        c["trl"] = [h["reward"] for h in json.load(open(os.path.join(out, "trl", "log_history.json"))) if "reward" in h]
-    return c
+    return {side: [float(h["reward"]) for h in logs(out, side)] for side in sides}
 
 
 def plot(c: dict, path: str, acc: dict) -> None:
@@ -152,6 +155,9 @@ def main():
         acc[side] = evaluate(os.path.join(args.out, side, "final"), args)
     result["greedy_accuracy"] = acc
     c = curves(args.out, args.sides)
+    # seconds per training step as each trainer logged it (excludes model loading and evaluation)
+    result["median_step_s"] = {side: statistics.median(float(h["step_time"]) for h in logs(args.out, side))
+                               for side in args.sides}
     result["reward_first10"] = {k: sum(v[:10]) / len(v[:10]) for k, v in c.items()}
     result["reward_last10"] = {k: sum(v[-10:]) / len(v[-10:]) for k, v in c.items()}
     plot(c, os.path.join(args.out, "reward_curves.png"), acc)
