@@ -67,6 +67,7 @@ def main(argv=None):
     if trainer.acc.is_main_process and results:
         with open(os.path.join(cfg.output_dir, "eval.json"), "w") as f:
             json.dump(results, f, indent=2)
+    trainer.close()
     return results
 
 

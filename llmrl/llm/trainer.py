@@ -464,6 +464,13 @@ class GRPOTrainer:
         acc.wait_for_everyone()
         return out
 
+    def close(self):
+        """Tear down the process group (multi-process runs) once all collective work is done; without it, a
+        process can abort at exit with 'terminate called without an active exception'."""
+        self.acc.wait_for_everyone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
 
 def tokenize_prompts(tok, prompts: list, device) -> tuple[Tensor, Tensor]:
     """Left-padded ids and mask of prompts (chat messages go through the chat template, which already holds its

@@ -43,3 +43,5 @@ def run(loss_type: str):
 
 for loss in sys.argv[2:]:  # several loss types in one launch (one process group)
     run(loss)
+if torch.distributed.is_initialized():
+    torch.distributed.destroy_process_group()
