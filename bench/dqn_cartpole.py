@@ -3,19 +3,22 @@
 For each seed, every variant (DQN, Double, Dueling, PER, Noisy, all combined, and DQN / combined with 1-step
 targets; same hyperparameters, only the switches differ) and the SB3 anchor (`../shared/anchors/sb3_cartpole.py`
 in a subprocess, as-is and once more with OMP_NUM_THREADS=1) train for the same number of env steps, interleaved
-so that load drift on a shared machine hits them alike. Reported: env steps until the mean return of the last 20
+so that load drift on a shared machine hits them alike; each run holds /tmp/llmrl-bench.lock (runs of other
+benchmarks never overlap ours, and they can go between two of ours). Reported: env steps until the mean return of the last 20
 training episodes reaches 475, a deterministic 20-episode evaluation (reset seeds 1000..1019, as the anchor),
 wall time of training (the loop only, as the anchor times only `learn()`), and wall time per env step.
 
-    flock /tmp/llmrl-bench.lock .venv/bin/python bench/dqn_cartpole.py --seeds 1 2 3 4 5 --steps 50000
+    .venv/bin/python bench/dqn_cartpole.py --seeds 1 2 3 4 5 --steps 50000
 
 Raw results go to --out (JSON); the markdown table is printed.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
+import fcntl
 import json
 import os
 import platform
@@ -29,6 +32,7 @@ from llmrl.classic.dqn import DQNConfig, train_dqn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ANCHOR = os.path.normpath(os.path.join(REPO, "..", "shared", "anchors", "sb3_cartpole.py"))
+LOCK = "/tmp/llmrl-bench.lock"
 SWITCHES = ("double", "dueling", "prioritized", "noisy")
 # Every agent shares DQNConfig's defaults (tuned for the combined agent, 5-step returns included) and differs only
 # in its switches; the two 1-step rows are textbook DQN (Algorithm 6) and what the combined agent loses without
@@ -43,6 +47,20 @@ VARIANTS = {
     "dqn_1step": {"n_step": 1},
     "combined_1step": {**{s: True for s in SWITCHES}, "n_step": 1},
 }
+
+
+@contextlib.contextmanager
+def bench_lock(path: str):
+    """Hold the machine's benchmark lock (what `flock PATH cmd` takes) for one run; '' = no lock."""
+    if not path:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def run_ours(variant: str, seed: int, steps: int, overrides: dict) -> dict:
@@ -98,6 +116,8 @@ def main(argv=None):
     ap.add_argument("--anchor", default=ANCHOR, help="path of sb3_cartpole.py")
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                     help="override DQNConfig fields for every variant (values parsed as JSON, else strings)")
+    ap.add_argument("--lock", default=LOCK, help="lock file held during each run ('' = none; do not also wrap "
+                    "this command in flock on the same file: it would wait for itself)")
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results", "dqn_cartpole.json"))
     args = ap.parse_args(argv)
 
@@ -112,8 +132,9 @@ def main(argv=None):
     rows = []
     for seed in args.seeds:  # interleaved: each seed runs every agent before the next seed
         for name in names:
-            row = run_sb3(name, seed, args.steps, args.anchor) if name.startswith("sb3") else \
-                run_ours(name, seed, args.steps, overrides)
+            with bench_lock(args.lock):
+                row = run_sb3(name, seed, args.steps, args.anchor) if name.startswith("sb3") else \
+                    run_ours(name, seed, args.steps, overrides)
             rows.append(row)
             print(json.dumps(row), flush=True)
 

@@ -9,9 +9,11 @@ batches) and PPO on Pendulum-v1.
 
     python bench/pg_cartpole.py [--seeds 0 1 2 3 4] [--only sb3_ppo ppo ...] [--out bench/results/pg.json]
 
-Every run is a subprocess under `flock /tmp/llmrl-bench.lock` (the machine is shared: runs never overlap). Raw
-results go to --out as JSON (re-running with --only keeps the other entries), the markdown tables to stdout
-and next to it (.md).
+`--only sb3_ppo_1thread ppo --out OTHER.json` pairs our PPO with the anchor run under OMP_NUM_THREADS=1 (torch on
+one thread, as our agents run; its default two threads spin-wait on a busy 2-core box). Every run is a
+subprocess under `flock /tmp/llmrl-bench.lock` (the machine is shared: no two benchmark runs overlap). Raw
+results go to --out as JSON (re-running with --only replaces those entries and keeps the others), the markdown
+tables to stdout and next to it (.md).
 """
 from __future__ import annotations
 
@@ -48,12 +50,13 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_json(cmd: list[str]) -> dict:
+def run_json(cmd: list[str], env: dict | None = None) -> dict:
     """Run `cmd` under the benchmark lock; its last stdout line parsed as JSON, plus `process_cpu_s`: the CPU
     seconds of the whole process (imports, setup, training, evaluation; all threads), comparable across
     libraries on a shared machine where wall time depends on the other users' load."""
     cpu = _children_cpu()
-    out = subprocess.run(["flock", LOCK, *cmd], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(["flock", LOCK, *cmd], capture_output=True, text=True, cwd=ROOT,
+                         env=None if env is None else os.environ | env)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1]) | {"process_cpu_s": round(_children_cpu() - cpu, 1)}
@@ -67,6 +70,11 @@ def run_ours(name: str, seed: int, run_root: Path) -> dict:
     if budget is not None:
         cmd += ["--total_steps", str(budget)]
     res = run_json(cmd)
+    # Learning speed beyond the single crossing of 475: the mean return of the training episodes that ended in
+    # the first 100k steps (the area under the learning curve, less noisy than steps-to-475).
+    episodes = [r for r in map(json.loads, open(run_dir / "metrics.jsonl")) if "episode_return" in r]
+    early = [r["episode_return"] for r in episodes if r["step"] <= 100_000]
+    res["mean_return_first_100k"] = statistics.fmean(early) if early else None
     if name == "reinforce_value":  # mean over the run's batches of each baseline's variance, and of its ratio to none
         rows = [r for r in map(json.loads, open(run_dir / "metrics.jsonl")) if "grad_var/none" in r]
         res["grad_var"] = {b: statistics.fmean(r[f"grad_var/{b}"] for r in rows) for b in BASELINES}
@@ -75,8 +83,11 @@ def run_ours(name: str, seed: int, run_root: Path) -> dict:
     return res
 
 
-def run_sb3(seed: int) -> dict:
-    res = run_json([sys.executable, str(ANCHOR), "ppo", str(seed), "100000"])
+def run_sb3(seed: int, one_thread: bool = False) -> dict:
+    """The anchor script as-is; `one_thread` runs it with OMP_NUM_THREADS=1 (torch then uses one thread, as our
+    agents do: on a shared 2-core box SB3's default two threads spin-wait for each other)."""
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if one_thread else None
+    res = run_json([sys.executable, str(ANCHOR), "ppo", str(seed), "100000"], env)
     return {"seed": seed, "total_steps": res["total_steps"], "wall_s": res["wall_s"],
             "steps_to_solve": res["steps_to_475"], "eval_mean_return": res["eval_mean_return"],
             "process_cpu_s": res["process_cpu_s"]}
@@ -106,19 +117,29 @@ def tables(results: dict) -> str:
     head = ("| agent | budget | solved | median steps to 475 | steps to 475 per seed | eval return, mean over "
             "seeds | training wall s (median) | process CPU s (median) |\n|---|---|---|---|---|---|---|---|")
     lines = ["### CartPole-v1", "", head]
-    for name in ("sb3_ppo", "ppo", "ppo_lr1e-3", "kl_ppo", "a2c", "trpo"):
+    labels = {"sb3_ppo": "SB3 PPO (anchor, as-is)", "sb3_ppo_1thread": "SB3 PPO (anchor, OMP_NUM_THREADS=1)"}
+    for name in ("sb3_ppo", "sb3_ppo_1thread", "ppo", "ppo_lr1e-3", "kl_ppo", "a2c", "trpo"):
         if results.get(name):
-            lines.append(summary_row("SB3 PPO (anchor)" if name == "sb3_ppo" else name, results[name]))
-    if results.get("sb3_ppo") and results.get("ppo"):
-        pairs = [(o, s) for o in results["ppo"] for s in results["sb3_ppo"] if o["seed"] == s["seed"]]
+            lines.append(summary_row(labels.get(name, name), results[name]))
+    for sb3 in ("sb3_ppo", "sb3_ppo_1thread"):
+        if not (results.get(sb3) and results.get("ppo")):
+            continue
+        pairs = [(o, s) for o in results["ppo"] for s in results[sb3] if o["seed"] == s["seed"]]
         for key, what in [("wall_s", "training wall time"), ("process_cpu_s", "process CPU time")]:
             ratios = [o[key] / s[key] for o, s in pairs]
-            lines += ["", f"PPO / SB3 {what}, paired by seed: {', '.join(f'{r:.2f}' for r in ratios)} "
+            lines += ["", f"ppo / {labels[sb3]} {what}, paired by seed: {', '.join(f'{r:.2f}' for r in ratios)} "
                           f"(median {_median(ratios):.2f})."]
     reinforce = [f"reinforce_{b}" for b in BASELINES if results.get(f"reinforce_{b}")]
     if reinforce:
         lines += ["", "### REINFORCE baselines on CartPole-v1", "", head.replace("| agent |", "| baseline |")]
         lines += [summary_row(n.removeprefix("reinforce_"), results[n]) for n in reinforce]
+        if all("mean_return_first_100k" in r for n in reinforce for r in results[n]):
+            lines += ["", "| baseline | mean training-episode return in the first 100k steps, per seed | mean |",
+                      "|---|---|---|"]
+            for n in reinforce:
+                early = [r["mean_return_first_100k"] for r in results[n]]
+                lines.append(f"| {n.removeprefix('reinforce_')} | {', '.join(f'{x:.0f}' for x in early)} | "
+                             f"{statistics.fmean(early):.1f} |")
         value_runs = [r for r in results.get("reinforce_value", []) if "grad_var" in r]
         if value_runs:
             lines += ["", "Gradient-estimator variance (trace of the covariance of the single-episode estimate), "
@@ -142,12 +163,13 @@ def tables(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--only", nargs="+", default=None, help=f"subset of: sb3_ppo {' '.join(RUNS)}")
+    parser.add_argument("--only", nargs="+", default=None,
+                        help=f"subset of: sb3_ppo sb3_ppo_1thread {' '.join(RUNS)} (default: all but sb3_ppo_1thread)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "pg_cartpole.json"))
     parser.add_argument("--run_root", default=str(ROOT / "runs" / "bench_pg"))
     args = parser.parse_args()
     names = args.only or ["sb3_ppo", *RUNS]
-    unknown = sorted(set(names) - {"sb3_ppo", *RUNS})
+    unknown = sorted(set(names) - {"sb3_ppo", "sb3_ppo_1thread", *RUNS})
     if unknown:
         parser.error(f"--only: unknown runs {unknown}")
     results = json.load(open(args.out)) if os.path.exists(args.out) else {}
@@ -157,7 +179,10 @@ def main() -> None:
     t0 = time.time()
     for seed in args.seeds:  # seed-major, so SB3 and ours see the machine in the same state
         for name in names:
-            res = run_sb3(seed) if name == "sb3_ppo" else run_ours(name, seed, Path(args.run_root))
+            if name.startswith("sb3_ppo"):
+                res = run_sb3(seed, one_thread=name == "sb3_ppo_1thread")
+            else:
+                res = run_ours(name, seed, Path(args.run_root))
             results[name].append(res)
             print(f"[{time.time() - t0:7.0f}s] {name} seed {seed}: {json.dumps(res)}", flush=True)
             os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -25,6 +25,7 @@ from ..utils import RunLogger, seed_everything
 from .common import SolvedTracker, evaluate, load_config, load_modules, make_vec_env, save_agent
 from .qnets import QNetwork
 from .replay import PrioritizedReplayBuffer, ReplayBuffer
+from .td import linear_schedule
 
 
 @dataclass
@@ -114,13 +115,6 @@ class DQNConfig:
             raise ValueError(f"DQNConfig.torch_threads must be >= 0, got {self.torch_threads}")
         if self.eval_interval and self.eval_episodes < 1:
             raise ValueError(f"DQNConfig.eval_interval={self.eval_interval} needs eval_episodes >= 1")
-
-
-def linear_schedule(start: float, end: float, duration: float, t: float) -> float:
-    """Linear interpolation from `start` at t = 0 to `end` at t >= duration."""
-    if duration <= 0:
-        return end
-    return start + min(t / duration, 1.0) * (end - start)
 
 
 class DQNAgent:
@@ -223,14 +217,14 @@ def _train(cfg: DQNConfig) -> DQNResult:
     for iteration in range(1, cfg.total_timesteps // cfg.num_envs + 1):
         # 1. Act: uniformly at random until learning starts (as SB3), then epsilon-greedy on Q, or greedy on the
         # noisy Q, whose weight noise is the exploration (the noise of the last update: between updates the agent
-        # acts with one fixed set of weights, Fortunato 2018 sec. 3.1).
+        # acts with one fixed set of weights, as in Fortunato 2018).
         if global_step < cfg.learning_starts:
             epsilon = 1.0
         elif cfg.noisy:
             epsilon = 0.0
         else:
             epsilon = linear_schedule(cfg.exploration_initial_eps, cfg.exploration_final_eps,
-                                      cfg.exploration_fraction * cfg.total_timesteps, global_step)
+                                      max(1, int(cfg.exploration_fraction * cfg.total_timesteps)))(global_step)
         explore = rng.random(cfg.num_envs) < epsilon
         if explore.all():
             actions = rng.integers(0, n_actions, size=cfg.num_envs)
@@ -257,7 +251,7 @@ def _train(cfg: DQNConfig) -> DQNResult:
                 tracker.add(ret, global_step)
                 episode_end_steps.append(global_step)
                 if logger:
-                    logger.log({"episodic_return": ret, "episodic_length": length, "epsilon": epsilon}, global_step)
+                    logger.log({"episode_return": ret, "episode_length": length, "epsilon": epsilon}, global_step)
             pbar.set_postfix(ret20=f"{tracker.mean_recent:.1f}", refresh=False)
         pbar.update(cfg.num_envs)
         if cfg.eval_interval and global_step // cfg.eval_interval > len(evaluations):
@@ -272,7 +266,7 @@ def _train(cfg: DQNConfig) -> DQNResult:
         if global_step <= cfg.learning_starts or iteration % cfg.train_freq != 0:
             continue
         for _ in range(cfg.gradient_steps):
-            beta = linear_schedule(cfg.per_beta0, 1.0, cfg.total_timesteps, global_step)
+            beta = linear_schedule(cfg.per_beta0, 1.0, max(1, cfg.total_timesteps))(global_step)
             if cfg.prioritized:
                 batch = buffer.sample(cfg.batch_size, rng, beta)
             else:

@@ -11,13 +11,13 @@ from ..objectives import dueling_q_values
 
 
 def factorized_noise(z: Tensor) -> Tensor:
-    """f(z) = sgn(z) sqrt|z|, the scaling of factorized Gaussian noise (Fortunato 2018, eq. 11)."""
+    """f(z) = sgn(z) sqrt|z|, the scaling of factorized Gaussian noise (Fortunato 2018)."""
     return z.sign() * z.abs().sqrt()
 
 
 class NoisyLinear(nn.Module):
-    """Factorized Gaussian noisy layer y = (mu_w + sigma_w * eps_w) x + mu_b + sigma_b * eps_b (Fortunato 2018,
-    sec. 3), eps_w = f(eps_out) f(eps_in)^T with f(x) = sgn(x) sqrt|x|.
+    """Factorized Gaussian noisy layer y = (mu_w + sigma_w * eps_w) x + mu_b + sigma_b * eps_b (NoisyNet,
+    Fortunato 2018), eps_w = f(eps_out) f(eps_in)^T with f(x) = sgn(x) sqrt|x|.
 
     In training mode the layer uses the noise drawn by the last `reset_noise()`; in eval mode it uses the means
     only, so a trained agent acts deterministically.

@@ -123,7 +123,7 @@ def test_save_load_round_trip_and_run_dir(tmp_path):
     np.testing.assert_array_equal(loaded.q_values(obs), res.agent.q_values(obs))
     assert [loaded.act(o) for o in obs] == [res.agent.act(o) for o in obs]
     rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
-    assert all(any(k in r for r in rows) for k in ("episodic_return", "loss", "eval_mean_return"))
+    assert all(any(k in r for r in rows) for k in ("episode_return", "loss", "eval_mean_return"))
     assert os.listdir(os.path.join(run_dir, "tb"))
     other = str(tmp_path / "copy")
     loaded.save(other)
