@@ -64,21 +64,26 @@ class PPOConfig(OnPolicyConfig):
 
 
 def ppo_loss(actor: Actor, critic: Critic, mb: Rollout, advantages: Tensor, returns: Tensor, cfg: PPOConfig,
-             beta: float = 0.0) -> tuple[Tensor, dict]:
-    """Minibatch loss  L_policy + vf_coef L_value - ent_coef H  on flat rows of a rollout; (loss, stats)."""
+             beta: float = 0.0, with_stats: bool = True) -> tuple[Tensor, dict]:
+    """Minibatch loss  L_policy + vf_coef L_value - ent_coef H  on flat rows of a rollout; (loss, stats).
+    `with_stats=False` skips the logging statistics (clip-higher fractions, KL, entropy) where they are not read."""
     params = actor(mb.obs)
     logp = actor.log_prob(params, mb.actions)
     mask = torch.ones_like(logp)
     if cfg.loss == "clip":
-        policy_loss, stats = ppo_clip_loss(logp, mb.logp, advantages, mask, clip_low=cfg.clip_coef)
+        policy_loss, stats = ppo_clip_loss(logp, mb.logp, advantages, mask, clip_low=cfg.clip_coef,
+                                           with_stats=with_stats)
     else:  # the full distributions are at hand, so the penalty uses the exact KL(pi_old || pi)
         policy_loss, stats = kl_penalized_loss(logp, mb.logp, advantages, mask, beta,
                                                kl=actor.kl(mb.dist_params, params))
     v_loss = value_loss(critic(mb.obs), returns, old_values=mb.values, clip=cfg.clip_value)
-    ent = actor.entropy(params).mean()
     loss = policy_loss + cfg.vf_coef * v_loss
     if cfg.ent_coef:  # (no backward pass through an unused entropy term)
+        ent = actor.entropy(params).mean()
         loss = loss - cfg.ent_coef * ent
+    if not with_stats:
+        return loss, stats
+    ent = actor.entropy(params).mean() if not cfg.ent_coef else ent
     return loss, stats | {"policy_loss": policy_loss.detach(), "value_loss": v_loss.detach(), "entropy": ent.detach()}
 
 
@@ -104,11 +109,22 @@ def train_ppo(cfg: PPOConfig) -> dict:
         data, advantages, returns = rollout.flat(), advantages.flatten(), returns.flatten()
 
         beta = kl_ctl.beta if kl_ctl is not None else 0.0
+        # With one minibatch per epoch (the CartPole default) every epoch sees the whole rollout: the mean loss does
+        # not depend on the row order, so skip the shuffle and whiten once.
+        full_batch = cfg.batch_size >= rollout_size
+        if full_batch and cfg.normalize_advantage:
+            advantages = whiten(advantages)
         for epoch in range(cfg.num_epochs):
-            for idx in torch.randperm(rollout_size).split(cfg.batch_size):
-                adv = whiten(advantages[idx]) if cfg.normalize_advantage else advantages[idx]
-                mb = data.rows(idx)
-                loss, stats = ppo_loss(actor, critic, mb, adv, returns[idx], cfg, beta)
+            minibatches = [None] if full_batch else torch.randperm(rollout_size).split(cfg.batch_size)
+            for i, idx in enumerate(minibatches):
+                if idx is None:
+                    mb, adv, ret = data, advantages, returns
+                else:
+                    mb, adv, ret = data.rows(idx), advantages[idx], returns[idx]
+                    adv = whiten(adv) if cfg.normalize_advantage else adv
+                # statistics are read after an epoch's last minibatch (target-KL stop) and after the last epoch
+                last = i == len(minibatches) - 1 and (cfg.target_kl is not None or epoch == cfg.num_epochs - 1)
+                loss, stats = ppo_loss(actor, critic, mb, adv, ret, cfg, beta, with_stats=last)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.max_grad_norm > 0:

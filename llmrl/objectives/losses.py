@@ -107,10 +107,11 @@ def _summarize(stats: dict, logp: Tensor, old_logp: Tensor, mask: Tensor) -> dic
 
 def ppo_clip_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip_low: float = 0.2,
                   clip_high: float | None = None, ratio_level: str = "token", mode: str = "token_mean",
-                  **agg) -> tuple[Tensor, dict]:
-    """PPO-clip loss, aggregated (Schulman 2017 eq. 7, seed eq. 26); (B, T) -> (scalar, stats)."""
+                  with_stats: bool = True, **agg) -> tuple[Tensor, dict]:
+    """PPO-clip loss, aggregated (Schulman 2017 eq. 7, seed eq. 26); (B, T) -> (scalar, stats). `with_stats=False`
+    returns {} and skips the statistics' small ops (they dominate a tiny-MLP update)."""
     per_token, stats = ppo_clip_objective(logp, old_logp, advantages, mask, clip_low, clip_high, ratio_level)
-    return aggregate(per_token, mask, mode, **agg), _summarize(stats, logp, old_logp, mask)
+    return aggregate(per_token, mask, mode, **agg), _summarize(stats, logp, old_logp, mask) if with_stats else {}
 
 
 def kl_penalized_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, beta: float,
