@@ -141,6 +141,8 @@ def main():
     ap.add_argument("--sides", nargs="+", default=["llmrl", "trl"], choices=["llmrl", "trl"])
     ap.add_argument("--out", default="runs/bench_learning")
     ap.add_argument("--skip_training", action="store_true", help="only evaluate and plot the runs in --out")
+    ap.add_argument("--reuse_eval", action="store_true",
+                    help="take accuracies already in --out/result*.json (same eval set) instead of evaluating again")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     result = {"hyperparameters": hyper(args), "wall_s": {}}
@@ -150,9 +152,16 @@ def main():
     for side in args.sides:
         if not args.skip_training:
             result["wall_s"][side] = (run_llmrl if side == "llmrl" else run_trl)(args, os.path.join(args.out, side))
-    acc = {"base": evaluate(None, args)}
+    # accuracies already measured in --out (result*.json of earlier invocations, same eval set) are reused with
+    # --reuse_eval: greedy decoding is deterministic, so evaluating the same adapter again gives the same number
+    known = {}
+    if args.reuse_eval:
+        for name in sorted(os.listdir(args.out)):
+            if name.startswith("result") and name.endswith(".json"):
+                known |= json.load(open(os.path.join(args.out, name))).get("greedy_accuracy", {})
+    acc = {"base": known["base"] if "base" in known else evaluate(None, args)}
     for side in args.sides:
-        acc[side] = evaluate(os.path.join(args.out, side, "final"), args)
+        acc[side] = known[side] if side in known else evaluate(os.path.join(args.out, side, "final"), args)
     result["greedy_accuracy"] = acc
     c = curves(args.out, args.sides)
     # seconds per training step as each trainer logged it (excludes model loading and evaluation)
