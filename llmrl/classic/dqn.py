@@ -57,7 +57,7 @@ class DQNConfig:
     # Replay and the update schedule. With the defaults a round is 16 updates on fixed targets, then a target
     # refresh: ~760 Bellman backups of 5 steps each in 50k env steps. That horizon is what CartPole-v1 needs: with
     # fewer backups (a target refresh every 1000 env steps) agents balance the pole but let the cart drift out of
-    # bounds after ~300 steps, too far ahead for the values to see (measured; see docs/BENCHMARKS.md).
+    # bounds after ~300 steps, too far ahead for the values to see (measured while tuning these defaults).
     buffer_size: int = field(default=100_000, metadata={"help": "Replay capacity in transitions."})
     batch_size: int = field(default=64, metadata={"help": "Transitions per gradient step."})
     gamma: float = field(default=0.99, metadata={"help": "Discount factor."})
@@ -211,6 +211,9 @@ def _train(cfg: DQNConfig) -> DQNResult:
     evaluations: list[tuple[int, float]] = []
     pbar = tqdm(total=cfg.total_timesteps, disable=not cfg.progress_bar, desc=f"dqn {cfg.env_id}", unit="step")
     grad_step, global_step, epsilon, beta = 0, 0, 0.0, cfg.per_beta0
+    epsilon_schedule = linear_schedule(cfg.exploration_initial_eps, cfg.exploration_final_eps,
+                                       max(1, int(cfg.exploration_fraction * cfg.total_timesteps)))
+    beta_schedule = linear_schedule(cfg.per_beta0, 1.0, max(1, cfg.total_timesteps))  # PER IS exponent -> 1
     t0 = time.perf_counter()
 
     obs, _ = envs.reset(seed=cfg.seed)
@@ -223,8 +226,7 @@ def _train(cfg: DQNConfig) -> DQNResult:
         elif cfg.noisy:
             epsilon = 0.0
         else:
-            epsilon = linear_schedule(cfg.exploration_initial_eps, cfg.exploration_final_eps,
-                                      max(1, int(cfg.exploration_fraction * cfg.total_timesteps)))(global_step)
+            epsilon = epsilon_schedule(global_step)
         explore = rng.random(cfg.num_envs) < epsilon
         if explore.all():
             actions = rng.integers(0, n_actions, size=cfg.num_envs)
@@ -266,7 +268,7 @@ def _train(cfg: DQNConfig) -> DQNResult:
         if global_step <= cfg.learning_starts or iteration % cfg.train_freq != 0:
             continue
         for _ in range(cfg.gradient_steps):
-            beta = linear_schedule(cfg.per_beta0, 1.0, max(1, cfg.total_timesteps))(global_step)
+            beta = beta_schedule(global_step)
             if cfg.prioritized:
                 batch = buffer.sample(cfg.batch_size, rng, beta)
             else:

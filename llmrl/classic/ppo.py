@@ -78,12 +78,11 @@ def ppo_loss(actor: Actor, critic: Critic, mb: Rollout, advantages: Tensor, retu
                                                kl=actor.kl(mb.dist_params, params))
     v_loss = value_loss(critic(mb.obs), returns, old_values=mb.values, clip=cfg.clip_value)
     loss = policy_loss + cfg.vf_coef * v_loss
+    ent = actor.entropy(params).mean() if cfg.ent_coef or with_stats else None
     if cfg.ent_coef:  # (no backward pass through an unused entropy term)
-        ent = actor.entropy(params).mean()
         loss = loss - cfg.ent_coef * ent
     if not with_stats:
         return loss, stats
-    ent = actor.entropy(params).mean() if not cfg.ent_coef else ent
     return loss, stats | {"policy_loss": policy_loss.detach(), "value_loss": v_loss.detach(), "entropy": ent.detach()}
 
 

@@ -260,3 +260,14 @@ def test_huber_loss_values_and_gradient():
     torch.testing.assert_close(huber_loss(y.detach(), 2.0),
                                torch.nn.functional.huber_loss(y.detach(), torch.zeros_like(y), reduction="none",
                                                               delta=2.0))
+
+
+def test_ppo_clip_loss_without_stats_gives_the_same_loss_and_gradient():
+    torch.manual_seed(3)
+    logp = torch.randn(4, 6, requires_grad=True)
+    old, A, m = logp.detach() + 0.3 * torch.randn(4, 6), torch.randn(4, 6), (torch.rand(4, 6) > 0.3).float()
+    full, stats = ppo_clip_loss(logp, old, A, m, 0.2, 0.28)
+    lean, none = ppo_clip_loss(logp, old, A, m, 0.2, 0.28, with_stats=False)
+    assert none == {} and "clip_frac" in stats
+    torch.testing.assert_close(lean, full)
+    torch.testing.assert_close(torch.autograd.grad(lean, logp)[0], torch.autograd.grad(full, logp)[0])
