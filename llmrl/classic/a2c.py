@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..objectives import gae, n_step_returns, policy_gradient_loss, value_loss, whiten
-from .common import make_vec_env
+from .common import clip_grad_norm_flat_, flat_parameters, make_vec_env
 from .policies import Actor, Critic, build_actor_critic, load_actor_critic
 from .rollout import OnPolicyConfig, OnPolicyRun, Rollout, RolloutCollector
 
@@ -66,11 +66,11 @@ def train_a2c(cfg: A2CConfig) -> dict:
     run = OnPolicyRun(cfg)
     envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
     actor, critic = build_actor_critic(cfg, envs)
-    parameters = [*actor.parameters(), *critic.parameters()]
+    parameters = flat_parameters(actor, critic)  # one tensor: one optimizer op, one norm for the clipping
     if cfg.optimizer == "adam":
-        optimizer = torch.optim.Adam(parameters, lr=cfg.learning_rate, eps=1e-5, fused=True)
+        optimizer = torch.optim.Adam([parameters], lr=cfg.learning_rate, eps=1e-5, fused=True)
     else:
-        optimizer = torch.optim.RMSprop(parameters, lr=cfg.learning_rate, alpha=0.99, eps=1e-5)
+        optimizer = torch.optim.RMSprop([parameters], lr=cfg.learning_rate, alpha=0.99, eps=1e-5)
     collector = RolloutCollector(envs, actor, critic, cfg.num_steps, run, cfg.seed)
 
     run.start()
@@ -81,17 +81,16 @@ def train_a2c(cfg: A2CConfig) -> dict:
             advantages = whiten(advantages)
 
         params = actor(ro.obs)
-        mask = torch.ones_like(ro.rewards)
-        policy_loss = policy_gradient_loss(actor.log_prob(params, ro.actions), advantages, mask)
+        policy_loss = policy_gradient_loss(actor.log_prob(params, ro.actions), advantages, None)  # no padding
         v_loss = value_loss(critic(ro.obs), returns)
         ent = actor.entropy(params).mean()
         loss = policy_loss + cfg.vf_coef * v_loss
         if cfg.ent_coef:  # (no backward pass through an unused entropy term)
             loss = loss - cfg.ent_coef * ent
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=False)
         loss.backward()
         if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(parameters, cfg.max_grad_norm, foreach=True)
+            clip_grad_norm_flat_(parameters, cfg.max_grad_norm)
         optimizer.step()
         run.log({"policy_loss": policy_loss, "value_loss": v_loss, "entropy": ent})
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import gymnasium as gym
 import numpy as np
 import torch
+from torch import Tensor
 
 from ..utils import atomic_write_text, config_dict
 
@@ -77,11 +78,38 @@ class SolvedTracker:
         return float(np.mean(self.recent)) if self.recent else float("nan")
 
 
+def flat_parameters(*modules: torch.nn.Module) -> torch.nn.Parameter:
+    """One contiguous parameter (and gradient) whose slices are the modules' parameters (and .grad), so that
+    the optimizer step and gradient clipping are one fused op each instead of one per tensor; for a tiny MLP
+    their per-tensor overhead is a sizeable part of an update. Optimize the returned parameter, and zero its
+    gradient with zero_grad(set_to_none=False): backward then accumulates into the slices in place."""
+    params = [p for m in modules for p in m.parameters()]
+    flat = torch.nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data = flat.data[offset:offset + n].view_as(p)
+        p.grad = flat.grad[offset:offset + n].view_as(p)
+        offset += n
+    return flat
+
+
+def clip_grad_norm_flat_(flat: torch.nn.Parameter, max_norm: float) -> Tensor:
+    """torch.nn.utils.clip_grad_norm_ for one (flat) parameter in two ops: scale its gradient by
+    min(1, max_norm / (||g|| + 1e-6)); returns ||g|| before clipping."""
+    norm = torch.linalg.vector_norm(flat.grad)
+    flat.grad.mul_((max_norm / (norm + 1e-6)).clamp(max=1.0))
+    return norm
+
+
 def save_agent(path: str, modules: dict[str, torch.nn.Module], config: Any, extra: dict | None = None) -> None:
     """Save the agent's networks (state dicts) and its dataclass config to the directory `path`, atomically."""
     os.makedirs(path, exist_ok=True)
     tmp = os.path.join(path, ".agent.pt.tmp")
-    torch.save({k: m.state_dict() for k, m in modules.items()} | {"_extra": extra or {}}, tmp)
+    # clone: a network on flat_parameters would otherwise save the whole shared buffer with each tensor
+    state = {k: {n: t.clone() for n, t in m.state_dict().items()} for k, m in modules.items()}
+    torch.save(state | {"_extra": extra or {}}, tmp)
     os.replace(tmp, os.path.join(path, "agent.pt"))
     atomic_write_text(os.path.join(path, "config.json"),
                       json.dumps({"class": type(config).__name__, **config_dict(config)}, indent=2))

@@ -7,6 +7,7 @@ and KL controller comes from `llmrl.objectives`.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -14,7 +15,8 @@ import torch
 from torch import Tensor
 
 from ..objectives import AdaptiveKLController, gae, kl_penalized_loss, ppo_clip_loss, value_loss, whiten
-from .common import make_vec_env
+from .common import clip_grad_norm_flat_, flat_parameters, make_vec_env
+from .critic_process import CriticProcess
 from .policies import Actor, Critic, build_actor_critic, load_actor_critic
 from .rollout import OnPolicyConfig, OnPolicyRun, Rollout, RolloutCollector
 
@@ -46,6 +48,9 @@ class PPOConfig(OnPolicyConfig):
     kl_beta: float = field(default=1.0, metadata={"help": "initial KL coefficient beta (loss=kl)"})
     kl_target: float = field(default=0.01, metadata={
         "help": "KL target d_targ of the adaptive rule: beta x1.5 above 1.5 d_targ, /1.5 below d_targ/1.5"})
+    critic_process: bool = field(default=True, metadata={
+        "help": "compute the critic's half of each update in a second process, beside the actor's half (they share "
+                "no parameter: the same update, less wall time; ignored on a one-CPU machine)"})
     reward_scale: float = field(default=1.0, metadata={"help": "multiply rewards by this before GAE"})
     run_dir: str = field(default="runs/ppo_cartpole", metadata={"help": "where metrics and the agent go"})
 
@@ -63,86 +68,131 @@ class PPOConfig(OnPolicyConfig):
                              f"{self.num_envs * self.num_steps}")
 
 
-def ppo_loss(actor: Actor, critic: Critic, mb: Rollout, advantages: Tensor, returns: Tensor, cfg: PPOConfig,
-             beta: float = 0.0, with_stats: bool = True) -> tuple[Tensor, dict]:
-    """Minibatch loss  L_policy + vf_coef L_value - ent_coef H  on flat rows of a rollout; (loss, stats).
-    `with_stats=False` skips the logging statistics (clip-higher fractions, KL, entropy) where they are not read."""
+def policy_loss(actor: Actor, mb: Rollout, advantages: Tensor, cfg: PPOConfig, beta: float = 0.0,
+                with_stats: bool = True) -> tuple[Tensor, dict]:
+    """The actor's part of the minibatch loss, L_policy - ent_coef H, on flat rows of a rollout; (loss, stats).
+    `with_stats=False` skips the logging statistics (clip fractions, KL, entropy) where they are not read."""
     params = actor(mb.obs)
     logp = actor.log_prob(params, mb.actions)
-    mask = torch.ones_like(logp)
+    mask = None  # a rollout has no padding
     if cfg.loss == "clip":
-        policy_loss, stats = ppo_clip_loss(logp, mb.logp, advantages, mask, clip_low=cfg.clip_coef,
-                                           with_stats=with_stats)
+        loss, stats = ppo_clip_loss(logp, mb.logp, advantages, mask, clip_low=cfg.clip_coef, with_stats=with_stats)
     else:  # the full distributions are at hand, so the penalty uses the exact KL(pi_old || pi)
-        policy_loss, stats = kl_penalized_loss(logp, mb.logp, advantages, mask, beta,
-                                               kl=actor.kl(mb.dist_params, params))
-    v_loss = value_loss(critic(mb.obs), returns, old_values=mb.values, clip=cfg.clip_value)
-    loss = policy_loss + cfg.vf_coef * v_loss
+        loss, stats = kl_penalized_loss(logp, mb.logp, advantages, mask, beta, kl=actor.kl(mb.dist_params, params))
     ent = actor.entropy(params).mean() if cfg.ent_coef or with_stats else None
+    if with_stats:
+        stats |= {"policy_loss": loss.detach(), "entropy": ent.detach()}
     if cfg.ent_coef:  # (no backward pass through an unused entropy term)
         loss = loss - cfg.ent_coef * ent
-    if not with_stats:
-        return loss, stats
-    return loss, stats | {"policy_loss": policy_loss.detach(), "value_loss": v_loss.detach(), "entropy": ent.detach()}
+    return loss, stats
+
+
+def critic_loss(critic: Critic, obs: Tensor, returns: Tensor, old_values: Tensor, cfg: PPOConfig) -> Tensor:
+    """The critic's part of the minibatch loss (unweighted): L_value = 1/2 (V - G)^2 (seed eq. 22), clipped around
+    the rollout's values V_old when cfg.clip_value is set."""
+    return value_loss(critic(obs), returns, old_values=old_values, clip=cfg.clip_value)
+
+
+def ppo_loss(actor: Actor, critic: Critic, mb: Rollout, advantages: Tensor, returns: Tensor, cfg: PPOConfig,
+             beta: float = 0.0, with_stats: bool = True) -> tuple[Tensor, dict]:
+    """Minibatch loss  L_policy + vf_coef L_value - ent_coef H  on flat rows of a rollout; (loss, stats)."""
+    loss, stats = policy_loss(actor, mb, advantages, cfg, beta, with_stats)
+    v_loss = critic_loss(critic, mb.obs, returns, mb.values, cfg)
+    return loss + cfg.vf_coef * v_loss, stats | ({"value_loss": v_loss.detach()} if with_stats else {})
 
 
 def train_ppo(cfg: PPOConfig) -> dict:
     """Train PPO from `cfg`; returns the run summary (steps to solve, evaluation return, wall time)."""
-    run = OnPolicyRun(cfg)
-    envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
-    actor, critic = build_actor_critic(cfg, envs)
-    parameters = [*actor.parameters(), *critic.parameters()]
-    optimizer = torch.optim.Adam(parameters, lr=cfg.learning_rate, eps=1e-5, fused=True)
-    kl_ctl = AdaptiveKLController(cfg.kl_beta, cfg.kl_target) if cfg.loss == "kl" else None
-    collector = RolloutCollector(envs, actor, critic, cfg.num_steps, run, cfg.seed)
-    rollout_size = cfg.num_envs * cfg.num_steps
+    # The actor and the critic share no parameter: with `critic_process` the critic's half of each update runs in
+    # a second process at the same time as the actor's half here (llmrl/classic/critic_process.py). Started first,
+    # as it takes a second or two to start.
+    worker = CriticProcess() if cfg.critic_process and (os.cpu_count() or 1) > 1 else None
+    envs = None
+    try:
+        run = OnPolicyRun(cfg)
+        envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
+        actor, critic = build_actor_critic(cfg, envs)
+        parameters = flat_parameters(actor, critic)  # one tensor: one Adam op, one norm for the gradient clipping
+        optimizer = torch.optim.Adam([parameters], lr=cfg.learning_rate, eps=1e-5, fused=True)
+        kl_ctl = AdaptiveKLController(cfg.kl_beta, cfg.kl_target) if cfg.loss == "kl" else None
+        collector = RolloutCollector(envs, actor, critic, cfg.num_steps, run, cfg.seed)
+        rollout_size = cfg.num_envs * cfg.num_steps
 
-    run.start()
-    while run.step < cfg.total_steps:
-        if cfg.anneal_lr:
-            optimizer.param_groups[0]["lr"] = cfg.learning_rate * (1.0 - run.step / cfg.total_steps)
-        rollout = collector.collect()
-        with torch.no_grad():
-            advantages, returns = gae(rollout.rewards * cfg.reward_scale, rollout.values, rollout.next_values,
-                                      rollout.dones, cfg.gamma, cfg.gae_lambda, terminated=rollout.terminated)
-        data, advantages, returns = rollout.flat(), advantages.flatten(), returns.flatten()
+        data = collector.buffer.flat()  # views of the buffer each rollout is written into
+        if worker is not None:
+            worker.setup(cfg, critic, parameters, sum(p.numel() for p in actor.parameters()), rollout_size,
+                         tuple(data.obs.shape[1:]), critic_loss)
 
-        beta = kl_ctl.beta if kl_ctl is not None else 0.0
-        # With one minibatch per epoch (the CartPole default) every epoch sees the whole rollout: the mean loss does
-        # not depend on the row order, so skip the shuffle and whiten once.
-        full_batch = cfg.batch_size >= rollout_size
-        if full_batch and cfg.normalize_advantage:
-            advantages = whiten(advantages)
-        for epoch in range(cfg.num_epochs):
-            minibatches = [None] if full_batch else torch.randperm(rollout_size).split(cfg.batch_size)
-            for i, idx in enumerate(minibatches):
-                if idx is None:
-                    mb, adv, ret = data, advantages, returns
-                else:
-                    mb, adv, ret = data.rows(idx), advantages[idx], returns[idx]
-                    adv = whiten(adv) if cfg.normalize_advantage else adv
-                # statistics are read after an epoch's last minibatch (target-KL stop) and after the last epoch
-                last = i == len(minibatches) - 1 and (cfg.target_kl is not None or epoch == cfg.num_epochs - 1)
-                loss, stats = ppo_loss(actor, critic, mb, adv, ret, cfg, beta, with_stats=last)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(parameters, cfg.max_grad_norm, foreach=True)
-                optimizer.step()
-            if cfg.target_kl is not None and stats.get("approx_kl", stats.get("kl")) > 1.5 * cfg.target_kl:
-                break
+        def critic_backward(mb: Rollout, ret: Tensor) -> Tensor:  # the critic's half, here
+            v_loss = critic_loss(critic, mb.obs, ret, mb.values, cfg)
+            (cfg.vf_coef * v_loss).backward()
+            return v_loss.detach()
 
-        metrics = {k: v for k, v in stats.items() if k in ("policy_loss", "value_loss", "entropy", "clip_frac",
-                                                           "approx_kl", "kl")} | {"epochs": epoch + 1}
-        if kl_ctl is not None:  # Algorithm 10: compare the KL the epochs produced with the target, adapt beta
+        run.start()
+        while run.step < cfg.total_steps:
+            if cfg.anneal_lr:
+                optimizer.param_groups[0]["lr"] = cfg.learning_rate * (1.0 - run.step / cfg.total_steps)
+            rollout = collector.collect()
             with torch.no_grad():
-                kl = actor.kl(data.dist_params, actor(data.obs)).mean().item()
-            metrics |= {"kl_rollout": kl, "beta": kl_ctl.update(kl)}
-        run.log(metrics)
+                advantages, returns = gae(rollout.rewards * cfg.reward_scale, rollout.values, rollout.next_values,
+                                          rollout.dones, cfg.gamma, cfg.gae_lambda, terminated=rollout.terminated)
+            advantages, returns = advantages.flatten(), returns.flatten()
+            if worker is not None:
+                worker.load(data.obs, data.values, returns)
 
-    envs.close()
-    return run.finish(actor, {"actor": actor, "critic": critic},
-                      extra={"kl_beta": kl_ctl.beta} if kl_ctl is not None else None)
+            beta = kl_ctl.beta if kl_ctl is not None else 0.0
+            # With one minibatch per epoch (the CartPole default) every epoch sees the whole rollout: the mean loss
+            # does not depend on the row order, so skip the shuffle and whiten once.
+            full_batch = cfg.batch_size >= rollout_size
+            if full_batch and cfg.normalize_advantage:
+                advantages = whiten(advantages)
+            for epoch in range(cfg.num_epochs):
+                if full_batch:
+                    minibatches = [None]
+                else:
+                    perm = torch.randperm(rollout_size)
+                    if worker is not None:
+                        worker.shuffle(perm)
+                    minibatches = [(lo, min(lo + cfg.batch_size, rollout_size))
+                                   for lo in range(0, rollout_size, cfg.batch_size)]
+                for i, rows in enumerate(minibatches):
+                    if rows is None:
+                        mb, adv, ret = data, advantages, returns
+                    else:
+                        idx = perm[rows[0]:rows[1]]
+                        mb, adv, ret = data.rows(idx), advantages[idx], returns[idx]
+                        adv = whiten(adv) if cfg.normalize_advantage else adv
+                    # statistics are read after an epoch's last minibatch (target-KL stop) and after the last epoch
+                    last = i == len(minibatches) - 1 and (cfg.target_kl is not None or epoch == cfg.num_epochs - 1)
+                    parameters.grad.zero_()
+                    in_worker = worker is not None and worker.start(rows)
+                    loss, stats = policy_loss(actor, mb, adv, cfg, beta, with_stats=last)
+                    loss.backward()
+                    v_loss = worker.wait() if in_worker else critic_backward(mb, ret)
+                    if cfg.max_grad_norm > 0:
+                        clip_grad_norm_flat_(parameters, cfg.max_grad_norm)
+                    optimizer.step()
+                if cfg.target_kl is not None and stats.get("approx_kl", stats.get("kl")) > 1.5 * cfg.target_kl:
+                    break
+
+            metrics = {k: v for k, v in stats.items() if k in ("policy_loss", "entropy", "clip_frac", "approx_kl",
+                                                               "kl")}
+            metrics |= {"value_loss": v_loss, "epochs": epoch + 1}
+            if kl_ctl is not None:  # Algorithm 10: compare the KL the epochs produced with the target, adapt beta
+                with torch.no_grad():
+                    kl = actor.kl(data.dist_params, actor(data.obs)).mean().item()
+                metrics |= {"kl_rollout": kl, "beta": kl_ctl.update(kl)}
+            run.log(metrics)
+    finally:
+        if envs is not None:
+            envs.close()
+        if worker is not None:
+            worker.close()
+    extra = {"kl_beta": kl_ctl.beta} if kl_ctl is not None else None
+    summary = run.finish(actor, {"actor": actor, "critic": critic}, extra=extra)
+    if worker is not None:  # how many updates' critic halves the second process computed
+        summary["critic_process_updates"] = worker.updates
+    return summary
 
 
 def load_ppo(path: str) -> tuple[Actor, Critic, PPOConfig]:

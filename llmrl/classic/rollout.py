@@ -167,19 +167,20 @@ class RolloutCollector:
     @torch.no_grad()
     def collect(self) -> Rollout:
         b, envs, actor, critic = self.buffer, self.envs, self.actor, self.critic
+        # Per-step results go to lists and are stacked into the (N, T) buffer once at the end (fewer small ops).
+        obs, actions, dist_params, rewards, terminated, truncated = ([] for _ in range(6))
         truncations = []  # (env indices, t, final observations) of the steps cut by a time limit
         for t in range(b.rewards.shape[1]):
             params = actor(self.obs)
             action = actor.sample(params)
-            b.obs[:, t] = self.obs
-            b.actions[:, t] = action
-            b.logp[:, t] = actor.log_prob(params, action)
-            b.dist_params[:, t] = params
-            next_obs, reward, terminated, truncated, info = envs.step(actor.env_action(action))
-            b.rewards[:, t] = torch.from_numpy(reward)
-            b.terminated[:, t] = torch.from_numpy(terminated)
-            b.dones[:, t] = torch.from_numpy(terminated | truncated)
-            cut = truncated & ~terminated
+            obs.append(self.obs)
+            actions.append(action)
+            dist_params.append(params)
+            next_obs, reward, term, trunc, info = envs.step(actor.env_action(action))
+            rewards.append(reward)
+            terminated.append(term)
+            truncated.append(trunc)
+            cut = trunc & ~term
             if cut.any():  # SAME_STEP autoreset: next_obs is already the next episode's first observation
                 truncations.append((np.flatnonzero(cut), t, np.stack(info["final_obs"][cut])))
             self.run.add_steps(envs.num_envs)
@@ -187,6 +188,13 @@ class RolloutCollector:
                 for i in np.flatnonzero(info["_episode"]):
                     self.run.episode(info["episode"]["r"][i], info["episode"]["l"][i])
             self.obs = torch.as_tensor(next_obs, dtype=torch.float32)
+        for name, steps in (("obs", obs), ("actions", actions), ("dist_params", dist_params)):
+            torch.stack(steps, dim=1, out=getattr(b, name))
+        b.logp.copy_(actor.log_prob(b.dist_params, b.actions))  # log pi_old(a_t|s_t), from the stored parameters
+        terminated, truncated = np.stack(terminated, axis=1), np.stack(truncated, axis=1)
+        b.rewards.copy_(torch.from_numpy(np.stack(rewards, axis=1)))
+        b.terminated.copy_(torch.from_numpy(terminated))
+        b.dones.copy_(torch.from_numpy(terminated | truncated))
         # The critic does not change during collection, so it values the whole window in one batched call.
         # V(s_{t+1}) is the next step's V(s_t) inside the window and V(s_T) at its end; done steps are fixed
         # below (truncation: V(final_obs)) or zeroed (termination).

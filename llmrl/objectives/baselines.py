@@ -65,11 +65,13 @@ def value_loss(values: Tensor, returns: Tensor, old_values: Tensor | None = None
     Clipped form (PPO2): 1/2 max((V - G)^2, (V_old + clip(V - V_old, -c, c) - G)^2). Shapes (..., T); returns
     the mean over valid steps.
     """
-    m = _mask(mask, values)
     loss = (values - returns) ** 2
     if clip is not None:
         if old_values is None:
             raise ValueError("value_loss: clip needs old_values (the values recorded at collection)")
         clipped = old_values + (values - old_values).clamp(-clip, clip)
         loss = torch.maximum(loss, (clipped - returns) ** 2)
+    if mask is None:  # every step is real
+        return 0.5 * loss.mean()
+    m = mask.to(loss.dtype)
     return 0.5 * (loss * m).sum() / m.sum().clamp(min=1)

@@ -14,9 +14,9 @@ from .kl import kl_estimate
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm", "sum")
 
 
-def aggregate(per_token: Tensor, mask: Tensor, mode: str = "token_mean", max_len: int | None = None,
+def aggregate(per_token: Tensor, mask: Tensor | None, mode: str = "token_mean", max_len: int | None = None,
               num_tokens: float | Tensor | None = None, num_seqs: float | None = None) -> Tensor:
-    """Reduce a per-token loss (B, T) with mask (B, T) to a scalar:
+    """Reduce a per-token loss (B, T) with mask (B, T) (None: every position is real) to a scalar:
 
     - "token_mean"              sum(l m) / sum(m)                          (DAPO; every token weighs the same)
     - "seq_mean_token_mean"     1/B sum_i [sum_t l m / sum_t m]            (GRPO; every sequence weighs the same)
@@ -27,6 +27,17 @@ def aggregate(per_token: Tensor, mask: Tensor, mode: str = "token_mean", max_len
     micro-batches gives exactly the loss of the whole batch (gradient accumulation, several processes).
     `max_len` defaults to T.
     """
+    if mask is None:  # no padding: the same reductions without the mask's multiply and count (tiny-MLP agents)
+        B, T = per_token[..., 0].numel(), per_token.shape[-1]
+        if mode == "token_mean":
+            return per_token.mean() if num_tokens is None else per_token.sum() / num_tokens
+        if mode == "seq_mean_token_mean":
+            return per_token.mean() if num_seqs is None else per_token.mean(-1).sum() / num_seqs
+        if mode == "seq_mean_token_sum_norm":
+            return per_token.sum() / ((B if num_seqs is None else num_seqs) * (T if max_len is None else max_len))
+        if mode == "sum":
+            return per_token.sum()
+        raise ValueError(f"aggregation mode must be one of {AGGREGATIONS}, got {mode!r}")
     m = mask.to(per_token.dtype)
     if per_token.shape != m.shape:
         raise ValueError(f"per_token {tuple(per_token.shape)} and mask {tuple(m.shape)} must have the same shape")
@@ -48,13 +59,13 @@ def _per_token(advantages: Tensor, like: Tensor) -> Tensor:
     return advantages.unsqueeze(-1).expand_as(like) if advantages.dim() == like.dim() - 1 else advantages
 
 
-def policy_gradient_loss(logp: Tensor, advantages: Tensor, mask: Tensor, mode: str = "token_mean",
+def policy_gradient_loss(logp: Tensor, advantages: Tensor, mask: Tensor | None, mode: str = "token_mean",
                          **agg) -> Tensor:
     """REINFORCE -sum_t A_t log pi(a_t|s_t) (seed Algorithm 7); logp (B, T), advantages (B, T) or (B,)."""
     return aggregate(-_per_token(advantages, logp).detach() * logp, mask, mode, **agg)
 
 
-def surrogate_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, mode: str = "token_mean",
+def surrogate_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor | None, mode: str = "token_mean",
                    **agg) -> Tensor:
     """Importance-sampled surrogate -rho A, rho = pi/pi_old (Kakade & Langford 2002; TRPO's objective, seed
     Algorithm 9); (B, T). At pi = pi_old its gradient is the policy gradient."""
@@ -62,23 +73,25 @@ def surrogate_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Ten
     return aggregate(-ratio * _per_token(advantages, logp).detach(), mask, mode, **agg)
 
 
-def log_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor, level: str = "token") -> Tensor:
+def log_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor | None, level: str = "token") -> Tensor:
     """log pi/pi_old per token, or per sequence (GSPO, Zheng et al. 2025: mean token log-ratio) broadcast; (B, T)."""
     lr = logp - old_logp
     if level == "token":
         return lr
     if level == "sequence":
-        m = mask.to(lr.dtype)
+        m = torch.ones_like(lr) if mask is None else mask.to(lr.dtype)
         seq = (lr * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1)
         return seq.expand_as(lr)
     raise ValueError(f"ratio_level must be 'token' or 'sequence', got {level!r}")
 
 
-def ppo_clip_objective(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip_low: float = 0.2,
-                       clip_high: float | None = None, ratio_level: str = "token") -> tuple[Tensor, dict]:
+def ppo_clip_objective(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor | None,
+                       clip_low: float = 0.2, clip_high: float | None = None, ratio_level: str = "token",
+                       with_stats: bool = True) -> tuple[Tensor, dict]:
     """Per-token -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A) (PPO eq. 26; DAPO's clip-higher); (B, T).
 
-    Returns the unreduced loss and detached per-token statistics (ratio, low/high clipping indicators).
+    Returns the unreduced loss and detached per-token statistics (ratio, low/high clipping indicators; {} when
+    `with_stats` is False). The mask is read only by ratio_level="sequence".
     """
     clip_high = clip_low if clip_high is None else clip_high
     if clip_low < 0 or clip_high < 0:
@@ -87,6 +100,8 @@ def ppo_clip_objective(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask:
     ratio = torch.exp(log_ratio(logp, old_logp.detach(), mask, ratio_level))
     clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     loss = -torch.minimum(ratio * A, clipped * A)
+    if not with_stats:
+        return loss, {}
     with torch.no_grad():
         stats = {"ratio": ratio.detach(),
                  "clipped_low": ((ratio < 1.0 - clip_low) & (A < 0)),   # the bound that stops pushing pi down
@@ -94,10 +109,10 @@ def ppo_clip_objective(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask:
     return loss, stats
 
 
-def _summarize(stats: dict, logp: Tensor, old_logp: Tensor, mask: Tensor) -> dict:
+def _summarize(stats: dict, logp: Tensor, old_logp: Tensor, mask: Tensor | None) -> dict:
     """Token-mean statistics for logging: clip fractions, ratio, approx KL(old || new) (k3)."""
     with torch.no_grad():
-        m = mask.to(logp.dtype)
+        m = torch.ones_like(logp) if mask is None else mask.to(logp.dtype)
         n = m.sum().clamp(min=1)
         mean = lambda x: (x.to(logp.dtype) * m).sum() / n  # noqa: E731
         low, high = mean(stats["clipped_low"]), mean(stats["clipped_high"])
@@ -105,16 +120,17 @@ def _summarize(stats: dict, logp: Tensor, old_logp: Tensor, mask: Tensor) -> dic
                 "ratio_mean": mean(stats["ratio"]), "approx_kl": mean(kl_estimate(old_logp, logp.detach(), "k3"))}
 
 
-def ppo_clip_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip_low: float = 0.2,
+def ppo_clip_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor | None, clip_low: float = 0.2,
                   clip_high: float | None = None, ratio_level: str = "token", mode: str = "token_mean",
                   with_stats: bool = True, **agg) -> tuple[Tensor, dict]:
-    """PPO-clip loss, aggregated (Schulman 2017 eq. 7, seed eq. 26); (B, T) -> (scalar, stats). `with_stats=False`
-    returns {} and skips the statistics' small ops (they dominate a tiny-MLP update)."""
-    per_token, stats = ppo_clip_objective(logp, old_logp, advantages, mask, clip_low, clip_high, ratio_level)
+    """PPO-clip loss, aggregated (Schulman 2017 eq. 7, seed eq. 26); (B, T) -> (scalar, stats); mask None: no
+    padding. `with_stats=False` returns {} and skips the statistics' small ops (they dominate a tiny-MLP update)."""
+    per_token, stats = ppo_clip_objective(logp, old_logp, advantages, mask, clip_low, clip_high, ratio_level,
+                                          with_stats)
     return aggregate(per_token, mask, mode, **agg), _summarize(stats, logp, old_logp, mask) if with_stats else {}
 
 
-def kl_penalized_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, beta: float,
+def kl_penalized_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor | None, beta: float,
                       kl: Tensor | None = None, mode: str = "token_mean", **agg) -> tuple[Tensor, dict]:
     """KL-penalized surrogate -(rho A - beta KL(pi_old || pi)) (PPO-penalty, seed Algorithm 10); (B, T).
 
@@ -125,7 +141,7 @@ def kl_penalized_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: 
     ratio = torch.exp(logp - old_logp.detach())
     kl = kl_estimate(old_logp.detach(), logp, "k3") if kl is None else kl
     loss = aggregate(-(ratio * A) + beta * kl, mask, mode, **agg)
-    m = mask.to(logp.dtype)
+    m = torch.ones_like(logp) if mask is None else mask.to(logp.dtype)
     with torch.no_grad():
         stats = {"kl": (kl.detach() * m).sum() / m.sum().clamp(min=1),
                  "ratio_mean": (ratio.detach() * m).sum() / m.sum().clamp(min=1)}

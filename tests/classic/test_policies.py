@@ -1,5 +1,7 @@
 """Actor/critic heads against closed forms, and the tiny envs and recipe runner the policy-gradient agent tests
 share."""
+import copy
+import dataclasses
 import json
 import math
 import subprocess
@@ -12,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from llmrl.classic.common import clip_grad_norm_flat_, flat_parameters, save_agent
 from llmrl.classic.policies import Actor, Critic, encode_obs
 from llmrl.objectives import entropy
 
@@ -186,3 +189,40 @@ def test_toy_envs_behave_as_documented():
     env = gym.make(TRACK_ID)
     env.reset(seed=0)
     assert env.step(np.array([0.5]))[1] == 0.0 and env.step(np.array([0.5]))[1] == -1.0
+
+
+def test_flat_parameters_train_clip_and_save_like_separate_tensors(tmp_path):
+    torch.manual_seed(0)
+    box = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    actor, critic = Actor(box, gym.spaces.Discrete(2), [8, 8]), Critic(box, [8, 8])
+    ref_actor, ref_critic = copy.deepcopy(actor), copy.deepcopy(critic)
+    flat = flat_parameters(actor, critic)
+    assert flat.numel() == sum(p.numel() for m in (actor, critic) for p in m.parameters())
+    for p in [*actor.parameters(), *critic.parameters()]:  # every parameter and gradient is a slice of the buffers
+        assert p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+        assert p.grad.untyped_storage().data_ptr() == flat.grad.untyped_storage().data_ptr()
+    opt = torch.optim.Adam([flat], lr=0.01)
+    ref_params = [*ref_actor.parameters(), *ref_critic.parameters()]
+    ref_opt = torch.optim.Adam(ref_params, lr=0.01)
+    x = torch.randn(16, 3)
+    for _ in range(3):  # same loss, clipping and steps: the same weights
+        opt.zero_grad(set_to_none=False)
+        (actor(x).pow(2).sum() + critic(x).sum()).backward()
+        norm = clip_grad_norm_flat_(flat, 0.1)
+        opt.step()
+        ref_opt.zero_grad()
+        (ref_actor(x).pow(2).sum() + ref_critic(x).sum()).backward()
+        torch.testing.assert_close(norm, torch.nn.utils.clip_grad_norm_(ref_params, 0.1))
+        ref_opt.step()
+    for m, ref in ((actor, ref_actor), (critic, ref_critic)):
+        for (name, v), v_ref in zip(m.state_dict().items(), ref.state_dict().values()):
+            torch.testing.assert_close(v, v_ref, msg=name)
+    # a saved network holds its own weights only, not the whole shared buffer
+    save_agent(str(tmp_path), {"critic": critic}, _Cfg())
+    saved = torch.load(tmp_path / "agent.pt", weights_only=False)["critic"]
+    assert sum(t.untyped_storage().nbytes() for t in saved.values()) == 4 * sum(p.numel() for p in critic.parameters())
+
+
+@dataclasses.dataclass
+class _Cfg:
+    x: int = 1

@@ -1,12 +1,14 @@
 """PPO-clip and KL-penalized PPO: the first minibatch (ratio 1) is the vanilla policy gradient, the target-KL
 stop and the adaptive beta rule, and smoke / learning / determinism / save-load runs."""
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 
-from llmrl.classic.common import make_vec_env
+from llmrl.classic.common import flat_parameters, make_vec_env
+from llmrl.classic.critic_process import CriticProcess
 from llmrl.classic.policies import build_actor_critic
 from llmrl.classic.ppo import PPOConfig, load_ppo, ppo_loss, train_ppo
 from llmrl.classic.rollout import OnPolicyRun, RolloutCollector
@@ -90,6 +92,29 @@ def test_same_seed_same_result_and_save_load(tmp_path):
     assert actor.act(obs) == pytest.approx(actor_b.act(obs))
 
 
+@pytest.mark.parametrize("batch_size", [64, 256])  # minibatches, and the full-batch path
+def test_critic_process_gives_the_same_update(tmp_path, monkeypatch, batch_size):
+    # The critic's half of the loss in a second process: the same gradients, so bit-identical weights and logs.
+    start = CriticProcess.start
+
+    def start_when_ready(self, rows):  # wait for the child's start-up, so that it computes every update's half
+        if not self.ready:
+            self.replies.poll(120)
+        return start(self, rows)
+
+    monkeypatch.setattr(CriticProcess, "start", start_when_ready)
+    kw = dict(total_steps=1024, num_epochs=3, batch_size=batch_size, seed=3, clip_value=0.2, ent_coef=0.01)
+    a = train_ppo(_cfg(tmp_path / "a", critic_process=True, **kw))
+    b = train_ppo(_cfg(tmp_path / "b", critic_process=False, **kw))
+    assert a.pop("critic_process_updates") == 4 * 3 * (256 // batch_size) and "critic_process_updates" not in b
+    assert without_timings(a) == without_timings(b)
+    (actor, critic, _), (actor_b, critic_b, _) = (load_ppo(str(tmp_path / x / "agent")) for x in "ab")
+    assert_same_weights((actor, actor_b), (critic, critic_b))
+    logs = [[{k: v for k, v in without_timings(json.loads(line)).items() if k not in ("steps_per_s", "time")}
+             for line in open(tmp_path / x / "metrics.jsonl")] for x in "ab"]
+    assert logs[0] == logs[1] and any("value_loss" in row for row in logs[0])
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="loss"):
         PPOConfig(loss="penalty")
@@ -110,3 +135,24 @@ def test_recipe_defaults_solve_cartpole(tmp_path, recipe):
 def test_pendulum_recipe_reaches_minus_300(tmp_path):
     res = run_recipe("ppo_pendulum", tmp_path)
     assert res["eval_mean_return"] > -300, res
+
+
+def _failing_critic_loss(critic, obs, returns, old_values, cfg):
+    raise ValueError("boom in the critic's half")
+
+
+def test_critic_process_reports_a_failure_in_the_child(tmp_path):
+    cfg = _cfg(tmp_path)
+    envs = make_vec_env(cfg.env_id, 2, 0)
+    actor, critic = build_actor_critic(cfg, envs)
+    flat = flat_parameters(actor, critic)
+    worker = CriticProcess()
+    try:
+        worker.setup(cfg, critic, flat, sum(p.numel() for p in actor.parameters()), 4, (4,), _failing_critic_loss)
+        worker.replies.poll(120)
+        assert worker.start(None)
+        with pytest.raises(RuntimeError, match="boom in the critic's half"):
+            worker.wait()
+    finally:
+        worker.close()
+    assert worker.process.poll() is not None and not os.path.exists(worker.directory)

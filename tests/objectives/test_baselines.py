@@ -78,6 +78,10 @@ def test_value_loss_unclipped_and_clipped():
     torch.testing.assert_close(value_loss(V, R, V_old, clip=c, mask=mask), expected)
     # inside the clip range the clipped loss is the plain one
     torch.testing.assert_close(value_loss(V, R, V, clip=c), value_loss(V, R))
+    # no mask = every step counts
+    torch.testing.assert_close(value_loss(V, R), value_loss(V, R, mask=torch.ones_like(V)))
+    torch.testing.assert_close(value_loss(V, R, V_old, clip=c),
+                               value_loss(V, R, V_old, clip=c, mask=torch.ones_like(V)))
 
 
 def test_value_loss_clipped_gradient_is_zero_when_clipped_term_dominates():

@@ -271,3 +271,21 @@ def test_ppo_clip_loss_without_stats_gives_the_same_loss_and_gradient():
     assert none == {} and "clip_frac" in stats
     torch.testing.assert_close(lean, full)
     torch.testing.assert_close(torch.autograd.grad(lean, logp)[0], torch.autograd.grad(full, logp)[0])
+
+
+@pytest.mark.parametrize("mode", AGGREGATIONS)
+def test_no_mask_is_an_all_ones_mask(mode):
+    l, old, A, _ = _batch(B=4, T=6, seed=5)
+    ones = torch.ones_like(l)
+    torch.testing.assert_close(aggregate(l, None, mode), aggregate(l, ones, mode))
+    totals = dict(num_tokens=torch.tensor(50.0, dtype=F64), num_seqs=9, max_len=11)
+    torch.testing.assert_close(aggregate(l, None, mode, **totals), aggregate(l, ones, mode, **totals))
+    for level in ("token", "sequence"):
+        per_token, stats = ppo_clip_objective(l, old, A, None, 0.2, ratio_level=level)
+        torch.testing.assert_close(per_token, ppo_clip_objective(l, old, A, ones, 0.2, ratio_level=level)[0])
+    lean, no_stats = ppo_clip_objective(l, old, A, None, 0.2, with_stats=False)
+    assert no_stats == {} and set(stats) == {"ratio", "clipped_low", "clipped_high"}
+    torch.testing.assert_close(lean, ppo_clip_objective(l, old, A, None, 0.2)[0])
+    for fn in (lambda m: ppo_clip_loss(l, old, A, m, mode=mode)[0], lambda m: policy_gradient_loss(l, A, m, mode),
+               lambda m: kl_penalized_loss(l, old, A, m, 0.5, mode=mode)[0]):
+        torch.testing.assert_close(fn(None), fn(ones))
