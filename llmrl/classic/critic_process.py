@@ -78,7 +78,9 @@ class CriticProcess:
                  "returns": (rows, torch.float32), "perm": (rows, torch.long)}
         self.shared = _buffers(self.directory, sizes)
         self.shared["obs"] = self.shared["obs"].view(rows, *obs_shape)
-        self.flat, self.offset = flat, offset
+        # the critic's slices: its weights are copied in before each update, its gradient copied out after
+        self.weights, self.shared_weights = flat.data[offset:], self.shared["params"][offset:]
+        self.grad, self.shared_grad = flat.grad[offset:], self.shared["grad"][offset:]
         self.commands.send_bytes(pickle.dumps({"cfg": cfg, "observation_space": critic.observation_space,
                                                "critic_loss": critic_loss, "directory": self.directory,
                                                "sizes": sizes, "offset": offset, "obs_shape": obs_shape}))
@@ -96,7 +98,8 @@ class CriticProcess:
         try:
             msg = self.replies.recv_bytes()
         except EOFError:
-            raise RuntimeError(f"the critic process exited (exit code {self.process.poll()})") from None
+            raise RuntimeError(f"the critic process exited (exit code {self.process.poll()}; its error is above); "
+                               "set critic_process=False to compute the critic's half in this process") from None
         if msg.startswith(b"error:"):
             raise RuntimeError("the critic process failed:\n" + msg[6:].decode())
         return msg
@@ -107,16 +110,17 @@ class CriticProcess:
         if not self.ready:
             if not self.replies.poll():
                 return False
-            self._receive()  # b"ready"
+            self._receive()  # b"ready": both processes have mapped the buffers, so their files can go
             self.ready = True
-        self.shared["params"][self.offset:].copy_(self.flat.data[self.offset:])
+            shutil.rmtree(self.directory, ignore_errors=True)
+        self.shared_weights.copy_(self.weights)
         self.commands.send_bytes(struct.pack("qq", *(rows if rows is not None else (-1, -1))))
         return True
 
     def wait(self) -> float:
         """Wait for the child, put its gradient into the critic's slice of flat.grad; returns L_value."""
         (v_loss,) = struct.unpack("d", self._receive())
-        self.flat.grad[self.offset:].copy_(self.shared["grad"][self.offset:])
+        self.grad.copy_(self.shared_grad)
         self.updates += 1
         return v_loss
 

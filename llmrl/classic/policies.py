@@ -95,8 +95,9 @@ class Actor(nn.Module):
     # normalization and bookkeeping), whose per-call overhead dominates training tiny MLPs on CPU.
     def log_prob(self, params: Tensor, actions: Tensor) -> Tensor:
         """log pi(a|s) per state, (...)."""
-        if self.discrete:
-            return F.log_softmax(params, dim=-1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+        if self.discrete:  # log softmax(logits)[a] = -cross-entropy(logits, a): one fused op, forward and backward
+            flat = -F.cross_entropy(params.reshape(-1, params.shape[-1]), actions.reshape(-1).long(), reduction="none")
+            return flat.view(actions.shape)
         return self.distribution(params).log_prob(actions)
 
     def entropy(self, params: Tensor) -> Tensor:

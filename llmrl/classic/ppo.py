@@ -50,7 +50,7 @@ class PPOConfig(OnPolicyConfig):
         "help": "KL target d_targ of the adaptive rule: beta x1.5 above 1.5 d_targ, /1.5 below d_targ/1.5"})
     critic_process: bool = field(default=True, metadata={
         "help": "compute the critic's half of each update in a second process, beside the actor's half (they share "
-                "no parameter: the same update, less wall time; ignored on a one-CPU machine)"})
+                "no parameter: the same update, less wall time; ignored on a one-CPU machine and off POSIX)"})
     reward_scale: float = field(default=1.0, metadata={"help": "multiply rewards by this before GAE"})
     run_dir: str = field(default="runs/ppo_cartpole", metadata={"help": "where metrics and the agent go"})
 
@@ -101,12 +101,19 @@ def ppo_loss(actor: Actor, critic: Critic, mb: Rollout, advantages: Tensor, retu
     return loss + cfg.vf_coef * v_loss, stats | ({"value_loss": v_loss.detach()} if with_stats else {})
 
 
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished (waited-for) child processes."""
+    t = os.times()
+    return t.children_user + t.children_system
+
+
 def train_ppo(cfg: PPOConfig) -> dict:
     """Train PPO from `cfg`; returns the run summary (steps to solve, evaluation return, wall time)."""
     # The actor and the critic share no parameter: with `critic_process` the critic's half of each update runs in
     # a second process at the same time as the actor's half here (llmrl/classic/critic_process.py). Started first,
     # as it takes a second or two to start.
-    worker = CriticProcess() if cfg.critic_process and (os.cpu_count() or 1) > 1 else None
+    children_cpu = _children_cpu()
+    worker = CriticProcess() if cfg.critic_process and os.name == "posix" and (os.cpu_count() or 1) > 1 else None
     envs = None
     try:
         run = OnPolicyRun(cfg)
@@ -190,7 +197,8 @@ def train_ppo(cfg: PPOConfig) -> dict:
             worker.close()
     extra = {"kl_beta": kl_ctl.beta} if kl_ctl is not None else None
     summary = run.finish(actor, {"actor": actor, "critic": critic}, extra=extra)
-    if worker is not None:  # how many updates' critic halves the second process computed
+    if worker is not None:  # the second process's CPU time, and how many updates' critic halves it computed
+        summary["cpu_s"] = round(summary["cpu_s"] + _children_cpu() - children_cpu, 2)
         summary["critic_process_updates"] = worker.updates
     return summary
 
