@@ -125,11 +125,14 @@ class CriticProcess:
         return v_loss
 
     def close(self) -> None:
-        """Stop the child (it may still be starting) and remove the shared files."""
-        try:
-            self.commands.send_bytes(b"")
-        except OSError:
-            pass
+        """Stop the child (one still starting is killed: it holds nothing) and remove the shared files."""
+        if self.ready:
+            try:
+                self.commands.send_bytes(b"")
+            except OSError:
+                pass
+        else:
+            self.process.kill()
         self.commands.close()
         try:
             self.process.wait(timeout=5)
