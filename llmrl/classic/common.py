@@ -86,13 +86,16 @@ def flat_parameters(*modules: torch.nn.Module) -> torch.nn.Parameter:
     params = [p for m in modules for p in m.parameters()]
     flat = torch.nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
     flat.grad = torch.zeros_like(flat)
-    offset = 0
+    view_parameters(params, flat.data, flat.grad)
+    return flat
+
+
+def view_parameters(params, flat: Tensor, grad: Tensor, offset: int = 0) -> None:
+    """Make each parameter (and its .grad) the next slice of `flat` (and `grad`), from `offset` on."""
     for p in params:
         n = p.numel()
-        p.data = flat.data[offset:offset + n].view_as(p)
-        p.grad = flat.grad[offset:offset + n].view_as(p)
+        p.data, p.grad = flat[offset:offset + n].view_as(p), grad[offset:offset + n].view_as(p)
         offset += n
-    return flat
 
 
 def clip_grad_norm_flat_(flat: torch.nn.Parameter, max_norm: float) -> Tensor:

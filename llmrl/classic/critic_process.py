@@ -31,11 +31,12 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .common import view_parameters
 from .policies import Critic
 
-# critic_loss(critic, obs, returns, old_values, cfg) -> unweighted scalar value loss; a module-level function, so
-# that the child can unpickle it
-CriticLoss = Callable[..., Tensor]
+# critic_backward(critic, obs, returns, old_values, cfg): forward and backward of the critic's half of the loss,
+# returns L_value; a module-level function, so that the child can unpickle it
+CriticBackward = Callable[..., Tensor]
 
 
 def _buffers(directory: str, sizes: dict[str, tuple[int, torch.dtype]]) -> dict[str, Tensor]:
@@ -66,7 +67,7 @@ class CriticProcess:
         self.updates = 0  # critic halves computed by the child
 
     def setup(self, cfg, critic: Critic, flat: torch.nn.Parameter, offset: int, rows: int,
-              obs_shape: tuple[int, ...], critic_loss: CriticLoss) -> None:
+              obs_shape: tuple[int, ...], critic_backward: CriticBackward) -> None:
         """Share the buffers: the critic's weights are flat[offset:] (see `flat_parameters`), the rollout has
         `rows` rows of observations of shape `obs_shape`."""
         self.directory = tempfile.mkdtemp(prefix="llmrl-critic-", dir="/dev/shm" if os.path.isdir("/dev/shm")
@@ -82,7 +83,7 @@ class CriticProcess:
         self.weights, self.shared_weights = flat.data[offset:], self.shared["params"][offset:]
         self.grad, self.shared_grad = flat.grad[offset:], self.shared["grad"][offset:]
         self.commands.send_bytes(pickle.dumps({"cfg": cfg, "observation_space": critic.observation_space,
-                                               "critic_loss": critic_loss, "directory": self.directory,
+                                               "critic_backward": critic_backward, "directory": self.directory,
                                                "sizes": sizes, "offset": offset, "obs_shape": obs_shape}))
 
     def load(self, obs: Tensor, values: Tensor, returns: Tensor) -> None:
@@ -153,18 +154,13 @@ def _serve(commands: Connection, replies: Connection) -> None:
     shared = _buffers(init["directory"], init["sizes"])
     obs = shared["obs"].view(-1, *init["obs_shape"])
     critic = Critic(init["observation_space"], cfg.hidden_sizes, cfg.activation)
-    offset = start
-    for p in critic.parameters():  # views of the shared weights and gradient, at their offsets in the flat buffer
-        n = p.numel()
-        p.data, p.grad = shared["params"][offset:offset + n].view_as(p), shared["grad"][offset:offset + n].view_as(p)
-        offset += n
+    view_parameters(critic.parameters(), shared["params"], shared["grad"], start)  # at their flat-buffer offsets
     replies.send_bytes(b"ready")
     while msg := commands.recv_bytes():
         lo, hi = struct.unpack("qq", msg)
         rows = slice(None) if lo < 0 else shared["perm"][lo:hi]
         shared["grad"][start:].zero_()
-        v_loss = init["critic_loss"](critic, obs[rows], shared["returns"][rows], shared["values"][rows], cfg)
-        (cfg.vf_coef * v_loss).backward()
+        v_loss = init["critic_backward"](critic, obs[rows], shared["returns"][rows], shared["values"][rows], cfg)
         replies.send_bytes(struct.pack("d", v_loss.item()))
 
 

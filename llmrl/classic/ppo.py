@@ -93,6 +93,14 @@ def critic_loss(critic: Critic, obs: Tensor, returns: Tensor, old_values: Tensor
     return value_loss(critic(obs), returns, old_values=old_values, clip=cfg.clip_value)
 
 
+def critic_backward(critic: Critic, obs: Tensor, returns: Tensor, old_values: Tensor, cfg: PPOConfig) -> Tensor:
+    """Forward and backward of the critic's half of the loss, vf_coef L_value (accumulated into the critic's
+    .grad, here or in the critic process); returns L_value, detached."""
+    v_loss = critic_loss(critic, obs, returns, old_values, cfg)
+    (cfg.vf_coef * v_loss).backward()
+    return v_loss.detach()
+
+
 def ppo_loss(actor: Actor, critic: Critic, mb: Rollout, advantages: Tensor, returns: Tensor, cfg: PPOConfig,
              beta: float = 0.0, with_stats: bool = True) -> tuple[Tensor, dict]:
     """Minibatch loss  L_policy + vf_coef L_value - ent_coef H  on flat rows of a rollout; (loss, stats)."""
@@ -128,12 +136,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
         data = collector.buffer.flat()  # views of the buffer each rollout is written into
         if worker is not None:
             worker.setup(cfg, critic, parameters, sum(p.numel() for p in actor.parameters()), rollout_size,
-                         tuple(data.obs.shape[1:]), critic_loss)
-
-        def critic_backward(mb: Rollout, ret: Tensor) -> Tensor:  # the critic's half, here
-            v_loss = critic_loss(critic, mb.obs, ret, mb.values, cfg)
-            (cfg.vf_coef * v_loss).backward()
-            return v_loss.detach()
+                         tuple(data.obs.shape[1:]), critic_backward)
 
         run.start()
         while run.step < cfg.total_steps:
@@ -175,7 +178,7 @@ def train_ppo(cfg: PPOConfig) -> dict:
                     in_worker = worker is not None and worker.start(rows)
                     loss, stats = policy_loss(actor, mb, adv, cfg, beta, with_stats=last)
                     loss.backward()
-                    v_loss = worker.wait() if in_worker else critic_backward(mb, ret)
+                    v_loss = worker.wait() if in_worker else critic_backward(critic, mb.obs, ret, mb.values, cfg)
                     if cfg.max_grad_norm > 0:
                         clip_grad_norm_flat_(parameters, cfg.max_grad_norm)
                     optimizer.step()

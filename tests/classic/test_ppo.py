@@ -137,7 +137,7 @@ def test_pendulum_recipe_reaches_minus_300(tmp_path):
     assert res["eval_mean_return"] > -300, res
 
 
-def _failing_critic_loss(critic, obs, returns, old_values, cfg):
+def _failing_critic_backward(critic, obs, returns, old_values, cfg):
     raise ValueError("boom in the critic's half")
 
 
@@ -148,7 +148,7 @@ def test_critic_process_reports_a_failure_in_the_child(tmp_path):
     flat = flat_parameters(actor, critic)
     worker = CriticProcess()
     try:
-        worker.setup(cfg, critic, flat, sum(p.numel() for p in actor.parameters()), 4, (4,), _failing_critic_loss)
+        worker.setup(cfg, critic, flat, sum(p.numel() for p in actor.parameters()), 4, (4,), _failing_critic_backward)
         worker.replies.poll(120)
         assert worker.start(None)
         with pytest.raises(RuntimeError, match="boom in the critic's half"):
