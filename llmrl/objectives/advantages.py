@@ -1,7 +1,8 @@
-"""Group-relative advantages for LLM policy gradients (GRPO, Dr. GRPO, RLOO) and whitening.
+"""Sequence-level advantages for LLM policy gradients (GRPO, Dr. GRPO, RLOO, REINFORCE) and whitening.
 
 Rewards arrive flat, (N,) with N = B * G: the G completions of a prompt are contiguous, as the trainer samples
-them. Group statistics are exact only when a whole group is in one tensor (one process holds all G).
+them. Group statistics need a whole group in one tensor; batch statistics need the whole batch (of all processes:
+the trainer gathers the rewards first).
 """
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import torch
 from torch import Tensor
 
 SCALES = ("group", "batch", "none")
+# advantage estimators over one scalar reward per completion (`sequence_advantages`)
+SEQUENCE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce")
 
 
 def _groups(rewards: Tensor, group_size: int) -> Tensor:
@@ -66,3 +69,23 @@ def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: 
     if not shift_mean:
         out = out + mean
     return out * m
+
+
+def sequence_advantages(rewards: Tensor, group_size: int, estimator: str = "grpo", scale: str = "group") -> Tensor:
+    """One advantage per completion from one reward per completion; (B*G,) -> (B*G,).
+
+    grpo: group_advantages(scale) (Shao et al. 2024); dr_grpo: group mean removed, no std (Liu et al. 2025);
+    rloo: leave-one-out mean removed (Ahmadian et al. 2024); reinforce: the batch mean removed (REINFORCE with a
+    constant baseline, seed Algorithm 7). Pass the whole batch (all processes) for "batch"/"reinforce" statistics.
+    """
+    if estimator == "grpo":
+        return group_advantages(rewards, group_size, scale)
+    if estimator == "dr_grpo":
+        return group_advantages(rewards, group_size, "none")
+    if estimator == "rloo":
+        return leave_one_out_advantages(rewards, group_size)
+    if estimator == "reinforce":
+        if rewards.dim() != 1:
+            raise ValueError(f"rewards must be 1-D (B*G,), got shape {tuple(rewards.shape)}")
+        return rewards - rewards.mean()
+    raise ValueError(f"advantage estimator must be one of {SEQUENCE_ESTIMATORS}, got {estimator!r}")

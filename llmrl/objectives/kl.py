@@ -30,6 +30,8 @@ def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
 
 
 KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
+# How a KL penalty in a loss is differentiated (see kl_penalty).
+KL_GRADIENTS = ("unbiased", "estimator")
 
 
 def kl_estimate(logp: Tensor, ref_logp: Tensor, estimator: str = "k3") -> Tensor:
@@ -37,6 +39,36 @@ def kl_estimate(logp: Tensor, ref_logp: Tensor, estimator: str = "k3") -> Tensor
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"kl estimator must be one of {sorted(KL_ESTIMATORS)}, got {estimator!r}")
     return KL_ESTIMATORS[estimator](logp, ref_logp)
+
+
+def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: str = "k3", gradient: str = "unbiased",
+               old_logp: Tensor | None = None) -> Tensor:
+    """Per-token KL(pi || pi_ref) penalty to ADD to a loss, at tokens sampled from pi_old; (..., T).
+
+    Its value is the chosen estimator of KL(pi || pi_ref). Its gradient depends on `gradient`:
+
+    - "unbiased" (default): sg(rho) (log pi - log pi_ref) grad log pi with rho = pi / pi_old (1 on-policy), whose
+      expectation under pi_old is exactly grad KL(pi || pi_ref) = E_pi[(log pi - log pi_ref) grad log pi], for
+      every estimator (straight-through: the value of k1/k2/k3, the gradient of sg(rho) k2; verl's "k3+").
+    - "estimator": the gradient of the estimator as written (TRL's k3-in-loss, kept for parity). Its expectation
+      is grad KL(pi || pi_ref) only for k2 (on-policy); k3 gives grad KL(pi_ref || pi), the reverse direction;
+      k1 gives 0 (E_pi[grad log pi] = 0), so k1 with gradient="estimator" is refused.
+
+    Differentiating an estimator is not differentiating the KL it estimates: the sampling distribution moves with
+    theta too (Schulman 2020; Tang & Munos 2025, "On a few pitfalls in KL divergence gradient estimation").
+    """
+    if gradient not in KL_GRADIENTS:
+        raise ValueError(f"kl gradient must be one of {KL_GRADIENTS}, got {gradient!r}")
+    if gradient == "estimator":
+        if estimator == "k1":
+            raise ValueError("kl_estimator='k1' with kl_gradient='estimator' has zero expected gradient (the "
+                             "penalty would do nothing); use kl_gradient='unbiased' or another estimator")
+        return kl_estimate(logp, ref_logp, estimator)
+    value = kl_estimate(logp.detach(), ref_logp.detach(), estimator)
+    log_r = logp - ref_logp.detach()
+    rho = 1.0 if old_logp is None else torch.exp(logp.detach() - old_logp.detach())
+    surrogate = 0.5 * rho * log_r ** 2  # gradient sg(rho) (log pi - log pi_ref) grad log pi
+    return value + (surrogate - surrogate.detach())
 
 
 class FixedKLController:

@@ -9,9 +9,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .kl import kl_estimate
+from typing import NamedTuple
+
+from .kl import kl_estimate, kl_penalty
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm", "sum")
+
+
+class LossType(NamedTuple):
+    """An LLM loss_type: how per-token losses are reduced (`aggregate` mode), and whether the token count that
+    normalizes them is over the batch of ALL processes (else this process's batch)."""
+    mode: str
+    global_token_count: bool = False
+
+
+# TRL's loss_type names. grpo: mean over each sequence's tokens, then over sequences (Shao et al. 2024); bnpo: mean
+# over this process's tokens; dr_grpo: sum / (sequences * max_new_tokens) (Liu et al. 2025); dapo: mean over the
+# tokens of all processes (Yu et al. 2025).
+LOSS_TYPES = {"grpo": LossType("seq_mean_token_mean"), "bnpo": LossType("token_mean"),
+              "dr_grpo": LossType("seq_mean_token_sum_norm"), "dapo": LossType("token_mean", True)}
 
 
 def aggregate(per_token: Tensor, mask: Tensor | None, mode: str = "token_mean", max_len: int | None = None,
@@ -55,6 +71,14 @@ def aggregate(per_token: Tensor, mask: Tensor | None, mode: str = "token_mean", 
     raise ValueError(f"aggregation mode must be one of {AGGREGATIONS}, got {mode!r}")
 
 
+def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Token-weighted mean sum(x m) / sum(m) of a per-token quantity (statistics for logging); (..., T) -> ()."""
+    if mask is None:
+        return x.mean()
+    m = mask.to(x.dtype)
+    return (x * m).sum() / m.sum().clamp(min=1)
+
+
 def _per_token(advantages: Tensor, like: Tensor) -> Tensor:
     return advantages.unsqueeze(-1).expand_as(like) if advantages.dim() == like.dim() - 1 else advantages
 
@@ -86,12 +110,13 @@ def log_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor | None, level: str = 
 
 
 def ppo_clip_objective(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor | None,
-                       clip_low: float = 0.2, clip_high: float | None = None, ratio_level: str = "token",
-                       with_stats: bool = True) -> tuple[Tensor, dict]:
-    """Per-token -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A) (PPO eq. 26; DAPO's clip-higher); (B, T).
+                       clip_low: float = 0.2, clip_high: float | None = None,
+                       ratio_level: str = "token") -> tuple[Tensor, dict]:
+    """Per-token -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A) (PPO eq. 7; seed eq. 26, whose sign we correct
+    so that the loss is minimized; DAPO's clip-higher); (B, T).
 
-    Returns the unreduced loss and detached per-token statistics (ratio, low/high clipping indicators; {} when
-    `with_stats` is False). The mask is read only by ratio_level="sequence".
+    Returns the unreduced loss and detached per-token statistics (ratio, low/high clipping indicators). The mask is
+    read only by ratio_level="sequence".
     """
     clip_high = clip_low if clip_high is None else clip_high
     if clip_low < 0 or clip_high < 0:
@@ -100,8 +125,6 @@ def ppo_clip_objective(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask:
     ratio = torch.exp(log_ratio(logp, old_logp.detach(), mask, ratio_level))
     clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     loss = -torch.minimum(ratio * A, clipped * A)
-    if not with_stats:
-        return loss, {}
     with torch.no_grad():
         stats = {"ratio": ratio.detach(),
                  "clipped_low": ((ratio < 1.0 - clip_low) & (A < 0)),   # the bound that stops pushing pi down
@@ -109,25 +132,29 @@ def ppo_clip_objective(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask:
     return loss, stats
 
 
-def _summarize(stats: dict, logp: Tensor, old_logp: Tensor, mask: Tensor | None) -> dict:
-    """Token-mean statistics for logging: clip fractions, ratio, approx KL(old || new) (k3)."""
+def token_means(stats: dict[str, Tensor], mask: Tensor | None) -> dict[str, Tensor]:
+    """Token-mean of each per-token statistic of a PPO/GRPO loss (ratio, clipping indicators, KL), with the clip
+    fractions under their logged names (clip_frac_low/high/clip_frac, ratio_mean, kl); (B, T) each -> scalars."""
     with torch.no_grad():
-        m = torch.ones_like(logp) if mask is None else mask.to(logp.dtype)
-        n = m.sum().clamp(min=1)
-        mean = lambda x: (x.to(logp.dtype) * m).sum() / n  # noqa: E731
-        low, high = mean(stats["clipped_low"]), mean(stats["clipped_high"])
-        return {"clip_frac_low": low, "clip_frac_high": high, "clip_frac": low + high,
-                "ratio_mean": mean(stats["ratio"]), "approx_kl": mean(kl_estimate(old_logp, logp.detach(), "k3"))}
+        dtype = stats["ratio"].dtype
+        out = {"clip_frac_low": masked_mean(stats["clipped_low"].to(dtype), mask),
+               "clip_frac_high": masked_mean(stats["clipped_high"].to(dtype), mask),
+               "ratio_mean": masked_mean(stats["ratio"], mask)}
+        out["clip_frac"] = out["clip_frac_low"] + out["clip_frac_high"]
+        if "kl" in stats:
+            out["kl"] = masked_mean(stats["kl"], mask)
+        return out
 
 
 def ppo_clip_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor | None, clip_low: float = 0.2,
                   clip_high: float | None = None, ratio_level: str = "token", mode: str = "token_mean",
-                  with_stats: bool = True, **agg) -> tuple[Tensor, dict]:
+                  **agg) -> tuple[Tensor, dict]:
     """PPO-clip loss, aggregated (Schulman 2017 eq. 7, seed eq. 26); (B, T) -> (scalar, stats); mask None: no
-    padding. `with_stats=False` returns {} and skips the statistics' small ops (they dominate a tiny-MLP update)."""
-    per_token, stats = ppo_clip_objective(logp, old_logp, advantages, mask, clip_low, clip_high, ratio_level,
-                                          with_stats)
-    return aggregate(per_token, mask, mode, **agg), _summarize(stats, logp, old_logp, mask) if with_stats else {}
+    padding. Stats: token means of the clip fractions and ratio, and approx_kl = k3 estimate of KL(old || new)."""
+    per_token, stats = ppo_clip_objective(logp, old_logp, advantages, mask, clip_low, clip_high, ratio_level)
+    out = token_means(stats, mask)
+    out["approx_kl"] = masked_mean(kl_estimate(old_logp.detach(), logp.detach(), "k3"), mask)
+    return aggregate(per_token, mask, mode, **agg), out
 
 
 def kl_penalized_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor | None, beta: float,
@@ -135,7 +162,8 @@ def kl_penalized_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: 
     """KL-penalized surrogate -(rho A - beta KL(pi_old || pi)) (PPO-penalty, seed Algorithm 10); (B, T).
 
     `kl` is the per-step KL(pi_old(.|s) || pi(.|s)); pass the exact one when the full distributions are at hand
-    (gym agents), else it is estimated from the sampled actions with k3 (samples come from pi_old).
+    (gym agents), else it is estimated from the sampled actions with k3. Differentiating that k3 is right here: the
+    samples come from pi_old, the FIXED first argument, so E_old[grad k3] = grad KL(pi_old || pi) exactly.
     """
     A = _per_token(advantages, logp).detach()
     ratio = torch.exp(logp - old_logp.detach())
@@ -150,19 +178,23 @@ def kl_penalized_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: 
 
 def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantages: Tensor, mask: Tensor,
               beta: float, clip_low: float = 0.2, clip_high: float | None = None, ratio_level: str = "token",
-              kl_estimator: str = "k3", mode: str = "seq_mean_token_mean", **agg) -> tuple[Tensor, dict]:
-    """GRPO per-token loss PPO-clip + beta * KL_k3(pi || pi_ref) (Shao et al. 2024 eq. 3), aggregated; (B, T).
+              kl_estimator: str = "k3", mode: str = "seq_mean_token_mean", kl_gradient: str = "unbiased",
+              **agg) -> tuple[Tensor, dict[str, Tensor]]:
+    """GRPO loss: per-token PPO-clip + beta * KL(pi || pi_ref) penalty (Shao et al. 2024 eq. 3), aggregated.
 
+    logp/old_logp/ref_logp/mask (B, T), advantages (B,) or (B, T) -> (scalar loss, per-token detached stats:
+    ratio, clipped_low, clipped_high and, with a penalty, kl = the estimator's value; reduce them with
+    `token_means`). The penalty is `kl_penalty(logp, ref_logp, kl_estimator, kl_gradient, old_logp)`: by default
+    its gradient is an unbiased estimate of grad KL(pi || pi_ref) whatever the estimator (see kl_penalty). The seed's
+    GRPO objective writes the ratio against pi_ref; the ratio is against pi_old, as in the paper.
     With beta = 0 or ref_logp None the KL term is skipped (no reference model is needed).
     """
     per_token, stats = ppo_clip_objective(logp, old_logp, advantages, mask, clip_low, clip_high, ratio_level)
-    out = _summarize(stats, logp, old_logp, mask)
     if beta != 0 and ref_logp is not None:
-        kl = kl_estimate(logp, ref_logp.detach(), kl_estimator)
+        kl = kl_penalty(logp, ref_logp, kl_estimator, kl_gradient, old_logp)
         per_token = per_token + beta * kl
-        m = mask.to(logp.dtype)
-        out["kl"] = (kl.detach() * m).sum() / m.sum().clamp(min=1)
-    return aggregate(per_token, mask, mode, **agg), out
+        stats["kl"] = kl.detach()
+    return aggregate(per_token, mask, mode, **agg), stats
 
 
 def entropy(logits: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -86,3 +86,23 @@ def test_whiten_unmasked_and_masked():
     # shift_mean=False keeps the original mean (TRL's whiten)
     out = whiten(x, mask, shift_mean=False, eps=0.0)
     torch.testing.assert_close(out[mask.bool()], (v - v.mean()) / v.std(unbiased=False) + v.mean())
+
+
+def test_sequence_advantages_hand_values():
+    from llmrl.objectives import sequence_advantages
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 0.0, 1.0])  # two groups of G = 4
+    # Dr. GRPO: group means 0.5 and 1.25 removed
+    torch.testing.assert_close(sequence_advantages(r, 4, "dr_grpo"),
+                               torch.tensor([0.5, -0.5, -0.5, 0.5, 0.75, 0.75, -1.25, -0.25]))
+    # RLOO: r_i minus the mean of the 3 others, e.g. 1 - (0 + 0 + 1)/3 = 2/3, 0 - (2 + 2 + 1)/3 = -5/3
+    torch.testing.assert_close(sequence_advantages(r, 4, "rloo"),
+                               torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3, 1.0, 1.0, -5 / 3, -1 / 3]))
+    # REINFORCE: the batch mean 7/8 removed
+    torch.testing.assert_close(sequence_advantages(r, 4, "reinforce"), r - 0.875)
+    # GRPO: group std sqrt(1/3) and sqrt(11/12) (unbiased), eps 1e-4
+    s1, s2 = math.sqrt(1 / 3) + 1e-4, math.sqrt(11 / 12) + 1e-4
+    torch.testing.assert_close(sequence_advantages(r, 4, "grpo"),
+                               torch.tensor([0.5 / s1, -0.5 / s1, -0.5 / s1, 0.5 / s1,
+                                             0.75 / s2, 0.75 / s2, -1.25 / s2, -0.25 / s2]))
+    with pytest.raises(ValueError, match="advantage estimator must be one of"):
+        sequence_advantages(r, 4, "ppo")

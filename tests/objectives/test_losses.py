@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from llmrl.objectives import (AGGREGATIONS, aggregate, entropy, grpo_loss, huber_loss, kl_k3, kl_penalized_loss,
+from llmrl.objectives import (AGGREGATIONS, aggregate, token_means, entropy, grpo_loss, huber_loss, kl_k3, kl_penalized_loss,
                               log_ratio, policy_gradient_loss, ppo_clip_loss, ppo_clip_objective, surrogate_loss)
 
 F64 = torch.float64
@@ -206,6 +206,7 @@ def test_kl_penalized_loss_with_exact_and_estimated_kl():
 @pytest.mark.parametrize("mode", AGGREGATIONS)
 def test_grpo_loss_is_ppo_clip_plus_beta_k3(mode):
     logp, old, A, m = _batch(seed=9)
+    logp.requires_grad_()
     ref = old + 0.2 * torch.randn(old.shape, generator=torch.Generator().manual_seed(10), dtype=F64)
     beta = 0.04
     loss, stats = grpo_loss(logp, old, ref, A[:, 0], m, beta, clip_high=0.28, mode=mode)
@@ -214,7 +215,21 @@ def test_grpo_loss_is_ppo_clip_plus_beta_k3(mode):
     k3 = (ref - logp).exp() - (ref - logp) - 1
     per_token = -torch.minimum(ratio * Ab, ratio.clamp(0.8, 1.28) * Ab) + beta * k3
     torch.testing.assert_close(loss, _aggregate_by_hand(per_token, m, mode))
-    torch.testing.assert_close(stats["kl"], (k3 * m).sum() / m.sum())
+    torch.testing.assert_close(stats["kl"], k3)  # per token, reduced with token_means
+    torch.testing.assert_close(token_means(stats, m)["kl"], (k3 * m).sum() / m.sum())
+    torch.testing.assert_close(token_means(stats, m)["ratio_mean"], (ratio * m).sum() / m.sum())
+    # the default penalty's gradient is sg(ratio) (log pi - log pi_ref) grad log pi (tests/objectives/test_kl_gradient)
+    def by_hand(penalty):
+        r = (logp - old).exp()
+        clip = -torch.minimum(r * Ab, r.clamp(0.8, 1.28) * Ab)
+        return torch.autograd.grad(_aggregate_by_hand(clip + beta * penalty(r), m, mode), logp)[0]
+
+    g = torch.autograd.grad(loss, logp)[0]
+    torch.testing.assert_close(g, by_hand(lambda r: 0.5 * r.detach() * (logp - ref) ** 2))
+    # TRL parity: differentiate k3 itself
+    trl, _ = grpo_loss(logp, old, ref, A[:, 0], m, beta, clip_high=0.28, mode=mode, kl_gradient="estimator")
+    torch.testing.assert_close(torch.autograd.grad(trl, logp)[0],
+                               by_hand(lambda r: (ref - logp).exp() - (ref - logp) - 1))
     # beta = 0 ignores the reference entirely (none is needed)
     no_ref, s0 = grpo_loss(logp, old, None, A[:, 0], m, 0.0, clip_high=0.28, mode=mode)
     junk_ref, s_junk = grpo_loss(logp, old, torch.full_like(ref, math.nan), A[:, 0], m, 0.0, clip_high=0.28,
@@ -262,17 +277,6 @@ def test_huber_loss_values_and_gradient():
                                                               delta=2.0))
 
 
-def test_ppo_clip_loss_without_stats_gives_the_same_loss_and_gradient():
-    torch.manual_seed(3)
-    logp = torch.randn(4, 6, requires_grad=True)
-    old, A, m = logp.detach() + 0.3 * torch.randn(4, 6), torch.randn(4, 6), (torch.rand(4, 6) > 0.3).float()
-    full, stats = ppo_clip_loss(logp, old, A, m, 0.2, 0.28)
-    lean, none = ppo_clip_loss(logp, old, A, m, 0.2, 0.28, with_stats=False)
-    assert none == {} and "clip_frac" in stats
-    torch.testing.assert_close(lean, full)
-    torch.testing.assert_close(torch.autograd.grad(lean, logp)[0], torch.autograd.grad(full, logp)[0])
-
-
 @pytest.mark.parametrize("mode", AGGREGATIONS)
 def test_no_mask_is_an_all_ones_mask(mode):
     l, old, A, _ = _batch(B=4, T=6, seed=5)
@@ -283,9 +287,7 @@ def test_no_mask_is_an_all_ones_mask(mode):
     for level in ("token", "sequence"):
         per_token, stats = ppo_clip_objective(l, old, A, None, 0.2, ratio_level=level)
         torch.testing.assert_close(per_token, ppo_clip_objective(l, old, A, ones, 0.2, ratio_level=level)[0])
-    lean, no_stats = ppo_clip_objective(l, old, A, None, 0.2, with_stats=False)
-    assert no_stats == {} and set(stats) == {"ratio", "clipped_low", "clipped_high"}
-    torch.testing.assert_close(lean, ppo_clip_objective(l, old, A, None, 0.2)[0])
+    assert set(stats) == {"ratio", "clipped_low", "clipped_high"}
     for fn in (lambda m: ppo_clip_loss(l, old, A, m, mode=mode)[0], lambda m: policy_gradient_loss(l, A, m, mode),
                lambda m: kl_penalized_loss(l, old, A, m, 0.5, mode=mode)[0]):
         torch.testing.assert_close(fn(None), fn(ones))
