@@ -82,7 +82,7 @@ def evaluate(adapter: str | None, args) -> float:
 
     from llmrl.llm.data import GSM8K_SYSTEM_PROMPT, load_prompt_dataset
     from llmrl.llm.model import load_policy
-    from llmrl.llm.trainer import greedy_eval
+    from llmrl.llm.evaluation import greedy_eval
 
     model, tok = load_policy("bundled", lora=None, dtype=torch.bfloat16)
     if adapter:

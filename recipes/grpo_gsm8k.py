@@ -28,7 +28,6 @@ from llmrl.llm.trainer import GRPOTrainer  # noqa: E402
 @dataclass
 class RecipeArgs:
     eval_only: bool = field(default=False, metadata={"help": "Only evaluate (the base model, or --adapter)."})
-    adapter: str | None = field(default=None, metadata={"help": "A trained LoRA adapter to load before evaluating."})
 
 
 def main(argv=None):
@@ -36,10 +35,6 @@ def main(argv=None):
     if args.eval_only and cfg.eval_examples == 0:
         cfg.eval_examples = 200
     trainer = GRPOTrainer(cfg)
-    if args.adapter:
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-        set_peft_model_state_dict(trainer.model, load_file(os.path.join(args.adapter, "adapter_model.safetensors")))
     eval_set = None
     if cfg.eval_examples:
         eval_set = load_prompt_dataset(cfg.eval_dataset or cfg.dataset, cfg.eval_split, cfg.dataset_config)

@@ -3,7 +3,7 @@ functions, and train with GRPO-family objectives from llmrl.objectives."""
 from .config import GRPOConfig
 from .model import LoraSettings, load_policy, load_tokenizer
 from .rewards import REWARD_FUNCTIONS, extract_gsm8k_answer, format_reward, gsm8k_reward, score_completions
-from .trainer import GRPOTrainer, Rollout
+from .trainer import GRPOTrainer, RolloutBatch
 
-__all__ = ["GRPOConfig", "GRPOTrainer", "Rollout", "LoraSettings", "load_policy", "load_tokenizer",
+__all__ = ["GRPOConfig", "GRPOTrainer", "RolloutBatch", "LoraSettings", "load_policy", "load_tokenizer",
            "REWARD_FUNCTIONS", "extract_gsm8k_answer", "gsm8k_reward", "format_reward", "score_completions"]

@@ -71,12 +71,12 @@ def save_checkpoint(trainer) -> str | None:
     torch.save({"rng": rng_state(), "sampler_generator": trainer.gen.get_state()},
                os.path.join(tmp, f"rng_{acc.process_index}.pt"))
     if acc.is_main_process:
+        from .trainer import save_policy
+
         model = trainer.model
-        if trainer.is_peft:
-            model.save_pretrained(os.path.join(tmp, "adapter"))  # peft format, loadable with PeftModel
-        else:
-            model.save_pretrained(os.path.join(tmp, "model"))
-        torch.save({"trainable": _trainable_state(model), "optimizer": trainer.opt.state_dict(),
+        save_policy(model, os.path.join(tmp, "adapter" if trainer.is_peft else "model"))  # loadable with peft / HF
+        reference = trainer.reference.state_dict() if trainer.reference is not None else {}
+        torch.save({"trainable": _trainable_state(model), "reference": reference, "optimizer": trainer.opt.state_dict(),
                     "scheduler": trainer.sched.state_dict(), "kl_controller": trainer.kl_ctl.state_dict(),
                     "data": trainer.sampler.state_dict(), "step": step,
                     "nonfinite_in_a_row": trainer.nonfinite_in_a_row, "num_processes": acc.num_processes},
@@ -111,6 +111,8 @@ def load_checkpoint(trainer, path: str) -> None:
     with torch.no_grad():
         for k, v in state["trainable"].items():
             params[k].copy_(v)
+    if trainer.reference is not None:
+        trainer.reference.load_state_dict(state.get("reference", {}))
     trainer.opt.load_state_dict(state["optimizer"])
     trainer.sched.load_state_dict(state["scheduler"])
     trainer.kl_ctl.load_state_dict(state["kl_controller"])

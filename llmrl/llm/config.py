@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..objectives.advantages import SCALES
-from ..objectives.kl import KL_ESTIMATORS
+from ..objectives.advantages import SCALES, SEQUENCE_ESTIMATORS
+from ..objectives.kl import KL_ESTIMATORS, KL_GRADIENTS
+from ..objectives.losses import LOSS_TYPES
 from .data import GSM8K_SYSTEM_PROMPT
 
-ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce")
-# loss_type -> how per-token losses are reduced (llmrl.objectives.aggregate), as in TRL:
-#   grpo: mean over each sequence's tokens, then over sequences; bnpo: mean over this process's tokens;
-#   dr_grpo: sum / (sequences * max_new_tokens); dapo: mean over the tokens of ALL processes.
-LOSS_TYPES = {"grpo": "seq_mean_token_mean", "bnpo": "token_mean", "dr_grpo": "seq_mean_token_sum_norm",
-              "dapo": "token_mean"}
+ADVANTAGES = SEQUENCE_ESTIMATORS
 
 
 def _h(text: str, **kw):
@@ -27,11 +23,16 @@ class GRPOConfig:
                     default="bundled")
     dtype: str = _h("Weights: 'auto' (bfloat16 where the hardware has fast bf16 matmul, else float32), "
                     "'float32' or 'bfloat16'. LoRA weights and optimizer state stay float32.", default="auto")
-    lora_r: int = _h("LoRA rank; 0 = full fine-tuning (the reference becomes a frozen copy).", default=16)
-    lora_alpha: int = _h("LoRA alpha (scale alpha / r).", default=32)
+    lora_r: int | None = _h("LoRA rank of a new adapter (default 16; with --adapter, the adapter's own); 0 = full "
+                            "fine-tuning (the reference becomes a frozen copy).", default=None)
+    lora_alpha: int | None = _h("LoRA alpha, scale alpha / r (default 2 r; with --adapter, the adapter's own).",
+                                default=None)
     lora_dropout: float = _h("LoRA dropout.", default=0.0)
     lora_target_modules: list[str] = _h("Modules that get LoRA; 'all-linear' = attention + MLP projections.",
                                         default_factory=lambda: ["all-linear"])
+    adapter: str | None = _h("Start from this trained LoRA adapter (a peft directory, or a run's final/ or "
+                             "checkpoint-N/): it keeps training, and the KL reference is this starting adapter, "
+                             "not the base model.", default=None)
     # --- data ---
     dataset: str = _h("Local .jsonl/.parquet file or directory of {split}.jsonl, or a hub dataset name.",
                       default="data/arithmetic")
@@ -57,13 +58,19 @@ class GRPOConfig:
     scale_rewards: str = _h("For advantage=grpo: divide by the std of the 'group' or the 'batch', or 'none'.",
                             default="group")
     # --- loss ---
-    loss_type: str = _h("Aggregation: grpo | bnpo | dr_grpo | dapo (see LOSS_TYPES).", default="dapo")
+    loss_type: str = _h("Aggregation: grpo | bnpo | dr_grpo | dapo (llmrl.objectives.LOSS_TYPES).", default="dapo")
     clip_low: float = _h("PPO clip epsilon below 1 (TRL: epsilon).", default=0.2)
     clip_high: float | None = _h("PPO clip epsilon above 1 (DAPO clip-higher); default = clip_low.", default=None)
     ratio_level: str = _h("Importance ratio per 'token' or per 'sequence' (GSPO).", default="token")
     beta: float = _h("KL coefficient to the reference policy (0, the default as in TRL, skips the reference "
                      "forward; GRPO's paper used 0.04).", default=0.0)
-    kl_estimator: str = _h("Per-token KL estimator: k1 | k2 | k3.", default="k3")
+    kl_estimator: str | None = _h("Per-token KL estimator whose VALUE is used: k1 | k2 | k3 (default: k3 in the "
+                                  "loss, k1 in the reward, the only one whose reward gradient is unbiased).",
+                                  default=None)
+    kl_gradient: str = _h("With kl_in=loss: 'unbiased' differentiates the penalty so that its gradient estimates "
+                          "grad KL(pi||pi_ref) whatever the estimator (verl's 'k3+'); 'estimator' differentiates "
+                          "the estimator itself as TRL does (k3 then pulls along grad KL(pi_ref||pi); k1 refused).",
+                          default="unbiased")
     kl_in: str = _h("Put the KL penalty in the 'loss' (GRPO) or subtract it from the 'reward' (PPO-RLHF).",
                     default="loss")
     kl_controller: str = _h("fixed | adaptive (x1.5 or /1.5 around kl_target) | proportional (Ziegler et al.).",
@@ -131,8 +138,18 @@ class GRPOConfig:
              f"clip_high ({self.clip_high}) must be >= clip_low ({self.clip_low})")
         need(self.ratio_level in ("token", "sequence"), f"ratio_level must be token or sequence, got {self.ratio_level!r}")
         need(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
-        need(self.kl_estimator in KL_ESTIMATORS, f"kl_estimator must be one of {sorted(KL_ESTIMATORS)}, got {self.kl_estimator!r}")
         need(self.kl_in in ("loss", "reward"), f"kl_in must be loss or reward, got {self.kl_in!r}")
+        if self.kl_estimator is None:
+            self.kl_estimator = "k3" if self.kl_in == "loss" else "k1"
+        need(self.kl_estimator in KL_ESTIMATORS,
+             f"kl_estimator must be one of {sorted(KL_ESTIMATORS)}, got {self.kl_estimator!r}")
+        need(self.kl_gradient in KL_GRADIENTS, f"kl_gradient must be one of {KL_GRADIENTS}, got {self.kl_gradient!r}")
+        need(not (self.kl_in == "loss" and self.kl_gradient == "estimator" and self.kl_estimator == "k1"),
+             "kl_estimator=k1 with kl_gradient=estimator has zero expected gradient (the penalty would do nothing); "
+             "use kl_gradient=unbiased or kl_estimator k2/k3")
+        need(self.kl_in == "loss" or self.kl_estimator == "k1",
+             f"kl_in=reward needs kl_estimator=k1 (got {self.kl_estimator}): only a k1 penalty in the reward gives "
+             f"an unbiased gradient of KL(pi||pi_ref); use kl_in=loss for k2/k3")
         need(self.kl_controller in ("fixed", "adaptive", "proportional"),
              f"kl_controller must be fixed, adaptive or proportional, got {self.kl_controller!r}")
         need(self.kl_controller == "fixed" or self.beta > 0, "an adaptive kl_controller needs beta > 0 to start from")
@@ -143,7 +160,8 @@ class GRPOConfig:
         need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
         need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         need(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
-        need(self.lora_r >= 0, f"lora_r must be >= 0, got {self.lora_r}")
+        need(self.lora_r is None or self.lora_r >= 0, f"lora_r must be >= 0, got {self.lora_r}")
+        need(not (self.adapter and self.lora_r == 0), "adapter and lora_r=0 (full fine-tuning) exclude each other")
         need(self.dtype in ("auto", "float32", "bfloat16"), f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
         need(self.sampler in ("auto", "hf"), f"sampler must be auto or hf, got {self.sampler!r}")
         need(len(self.reward_funcs) >= 1, "reward_funcs needs at least one reward function")
@@ -155,7 +173,3 @@ class GRPOConfig:
     @property
     def prompts_per_step(self) -> int:
         return self.per_device_batch_size // self.num_generations
-
-    @property
-    def aggregation(self) -> str:
-        return LOSS_TYPES[self.loss_type]

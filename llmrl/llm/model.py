@@ -120,3 +120,26 @@ def add_lora(model, lora: LoraSettings):
         if p.requires_grad:
             p.data = p.data.float()
     return model
+
+
+def find_adapter_dir(path: str) -> str:
+    """The directory holding a peft adapter: `path` itself, or its `adapter/` (a run's checkpoint-N directory)."""
+    for d in (path, os.path.join(path, "adapter")):
+        if os.path.isfile(os.path.join(d, "adapter_config.json")):
+            return d
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"adapter {path!r} does not exist")
+    raise FileNotFoundError(f"adapter {path!r} holds no LoRA adapter (no adapter_config.json in it or in its "
+                            f"adapter/ folder); pass a run's final/ or checkpoint-N/ directory")
+
+
+def load_adapter(model, path: str, trainable: bool = True):
+    """`model` (a plain causal LM) with the saved peft adapter at `path` (or `path`/adapter) loaded; its weights
+    train when `trainable` (kept in fp32, as `add_lora` does)."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(model, find_adapter_dir(path), is_trainable=trainable)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return model

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from . import fast_decode
+from .data import prompt_to_text
 from .logprobs import lm_parts, prompt_positions, run_decoder
 
 
@@ -93,3 +94,16 @@ def hf_decode(model, prompt_ids: Tensor, prompt_mask: Tensor, G: int, max_new_to
         h, cache = run_decoder(decoder, tok[:, None], mask, pos + t, cache)
         logits = head(h[:, -1])
     return torch.stack(out, dim=1)
+
+
+def tokenize_prompts(tok, prompts: list, device) -> tuple[Tensor, Tensor]:
+    """Left-padded ids and mask of prompts (chat messages go through the chat template, which already holds its
+    special tokens; plain strings get the tokenizer's)."""
+    texts = [prompt_to_text(p, tok) for p in prompts]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=isinstance(prompts[0], str))
+    return enc.input_ids.to(device), enc.attention_mask.to(device)
+
+
+def decode_completions(tok, comp) -> list[str]:
+    """Completion texts, without the EOS token and what the sampler padded after it."""
+    return tok.batch_decode(comp.ids * comp.mask + tok.pad_token_id * (1 - comp.mask), skip_special_tokens=True)

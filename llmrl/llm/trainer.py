@@ -1,14 +1,15 @@
 """GRPOTrainer: group-relative policy optimization (and Dr. GRPO / RLOO / REINFORCE) for Hugging Face causal LMs.
 
 One step, top to bottom (`GRPOTrainer.step`):
-  1. take B prompts; 2. sample G completions each; 3. score them with the reward functions;
-  4. group advantages; 5. reference (and, for mu > 1, old) log-probs; 6. mu passes of clipped-surrogate updates
-  over micro-batches; 7. log. The math is llmrl.objectives; accelerate handles devices, processes and trackers.
+  rollout:  1. take B prompts; 2. sample G completions each; 3. score them with the reward functions;
+            4. reference log-probs (and the KL-shaped reward); 5. advantages
+  optimize: 6. mu passes of clipped-surrogate updates over micro-batches (exact gradient accumulation)
+  log:      7. metrics, completions, checkpoints.
+Every equation is in llmrl.objectives; accelerate handles devices, processes and trackers.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 import json
 import math
@@ -19,30 +20,35 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .. import objectives as O
+from .. import objectives
 from ..utils import RunLogger, config_dict, seed_everything, truncate_jsonl
 from . import checkpoint as ckpt
 from .config import GRPOConfig
-from .data import check_columns, load_prompt_dataset, make_prompt, prompt_to_text
+from .data import check_columns, load_prompt_dataset, make_prompt
+from .evaluation import greedy_eval
 from .logprobs import completion_logprobs, completion_logprobs_naive
-from .model import LoraSettings, load_policy
+from .model import LoraSettings, load_adapter, load_policy
+from .reference import ReferencePolicy
 from .rewards import get_reward_functions, score_completions
-from .sampling import sample_completions
+from .sampling import decode_completions, sample_completions, tokenize_prompts
 
 
 @dataclass
-class Rollout:
+class RolloutBatch:
     """One generation batch on one process: B prompts, N = B*G completions, their rewards and advantages."""
     prompt_ids: Tensor          # (B, P) left-padded
     prompt_mask: Tensor         # (B, P)
     completion_ids: Tensor      # (N, C) right-padded
     completion_mask: Tensor     # (N, C), 1 up to and including EOS
     group_index: Tensor         # (N,) prompt row of each completion
-    rewards: Tensor             # (N,) weighted total (KL-penalized when kl_in = "reward")
+    rewards: Tensor             # (N,) weighted total (KL-shaped when kl_in = "reward")
     advantages: Tensor          # (N,)
-    ref_logp: Tensor | None = None
-    old_logp: Tensor | None = None
+    ref_logp: Tensor | None = None   # (N, C) log pi_ref of the sampled tokens, when a KL term is on
+    beta_loss: float = 0.0           # this step's KL coefficient in the loss (0 when kl_in = "reward")
     info: dict = field(default_factory=dict)  # texts and per-function rewards, for logs
+
+    def __len__(self) -> int:
+        return len(self.group_index)
 
 
 class LogprobModel(nn.Module):
@@ -127,6 +133,14 @@ def out_of_memory_hint(err: BaseException, phase: str) -> RuntimeError | None:
 
 
 class GRPOTrainer:
+    """GRPO-family policy-gradient fine-tuning of a causal LM (LoRA by default) with reward functions.
+
+    `GRPOTrainer(config)` loads everything the config names; `model`, `tokenizer`, `reward_funcs`,
+    `train_dataset` and `accelerator` replace what it would load. `train()` runs `step()` max_steps times:
+    `rollout` (sample, score, reference log-probs, advantages) -> `optimize` (mu passes of the clipped surrogate)
+    -> metrics, completions and checkpoints in config.output_dir.
+    """
+
     def __init__(self, config: GRPOConfig, model=None, tokenizer=None, reward_funcs=None, train_dataset=None,
                  eval_dataset=None, accelerator=None):
         from accelerate import Accelerator
@@ -134,25 +148,22 @@ class GRPOTrainer:
 
         cfg = self.cfg = config
         report_to = [t for t in cfg.report_to if t != "none"]
-        # Without a GPU, accelerate only runs several processes (torchrun, DDP over gloo) when told to use the CPU.
+        # Without a GPU, accelerate only runs several processes (torchrun, DDP over gloo on CPU) when told to use
+        # the CPU.
         no_gpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
         self.acc = accelerator or Accelerator(cpu=cfg.use_cpu or no_gpu, log_with=report_to or None,
                                               project_dir=cfg.output_dir)
         seed_everything(cfg.seed)
         self.dtype = resolve_dtype(cfg.dtype)
-        # --- model: LoRA (reference = adapter disabled) or full fine-tuning (reference = frozen copy) ---
+        # --- model: LoRA (new, or a trained adapter to continue) or full fine-tuning ---
         if model is None:
-            lora = None if cfg.lora_r == 0 else LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
-                                                            _targets(cfg.lora_target_modules))
-            # Full fine-tuning keeps fp32 master weights and trains under bf16 autocast instead.
-            model, tokenizer = load_policy(cfg.model, lora, self.dtype if lora else torch.float32)
+            model, tokenizer = self._load_model()
         if tokenizer is None:
             raise ValueError("GRPOTrainer: pass the tokenizer together with the model")
         self.tok = tokenizer
         self.is_peft = hasattr(model, "disable_adapter")
-        self.ref_model = None
-        if not self.is_peft and cfg.beta > 0:
-            self.ref_model = copy.deepcopy(model).requires_grad_(False).eval()
+        # pi_ref = the policy as it is now, before any update (llmrl/llm/reference.py); only with a KL term
+        self.reference = ReferencePolicy(model) if cfg.beta > 0 else None
         self.autocast_dtype = torch.bfloat16 if (self.dtype == torch.bfloat16 and not self.is_peft) else None
         self.eos_ids = sorted({i for i in [tokenizer.eos_token_id, model.config.eos_token_id,
                                            *(_as_list(getattr(model.generation_config, "eos_token_id", None)))]
@@ -177,6 +188,8 @@ class GRPOTrainer:
         self.gen = torch.Generator(device=self.acc.device).manual_seed(cfg.seed * 1000 + self.acc.process_index)
         # --- optimization ---
         model.to(self.acc.device)
+        if self.reference is not None and self.reference.copy is not None:
+            self.reference.copy.to(self.acc.device)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("GRPOTrainer: the model has no trainable parameters")
@@ -187,12 +200,32 @@ class GRPOTrainer:
         self.policy, self.opt, self.sched = self.acc.prepare(
             LogprobModel(model, cfg.temperature, cfg.logprob_chunk, cfg.shared_prefix), opt, sched)
         self.model = model  # the unwrapped policy (sampling, reference, saving)
-        self.kl_ctl = {"fixed": lambda: O.FixedKLController(cfg.beta),
-                       "adaptive": lambda: O.AdaptiveKLController(cfg.beta, cfg.kl_target),
-                       "proportional": lambda: O.ProportionalKLController(cfg.beta, cfg.kl_target,
-                                                                           cfg.kl_horizon)}[cfg.kl_controller]()
+        self.kl_ctl = {"fixed": lambda: objectives.FixedKLController(cfg.beta),
+                       "adaptive": lambda: objectives.AdaptiveKLController(cfg.beta, cfg.kl_target),
+                       "proportional": lambda: objectives.ProportionalKLController(cfg.beta, cfg.kl_target,
+                                                                                   cfg.kl_horizon)}[cfg.kl_controller]()
         self.step_count, self.nonfinite_in_a_row = 0, 0
         self.logger = None
+
+    def _load_model(self):
+        """The policy from config.model: + a new LoRA adapter, + the trained adapter config.adapter, or all
+        weights trainable (lora_r=0; fp32 master weights, bf16 autocast when dtype resolves to bf16)."""
+        cfg = self.cfg
+        if cfg.lora_r == 0:
+            return load_policy(cfg.model, None, torch.float32)
+        if cfg.adapter:
+            model, tok = load_policy(cfg.model, None, self.dtype)
+            model = load_adapter(model, cfg.adapter)
+            own = model.peft_config[model.active_adapter]
+            for name, value, theirs in (("lora_r", cfg.lora_r, own.r), ("lora_alpha", cfg.lora_alpha, own.lora_alpha)):
+                if value is not None and value != theirs:
+                    raise ValueError(f"GRPOConfig: {name}={value} but the adapter {cfg.adapter} has {theirs}; leave "
+                                     f"{name} unset to continue that adapter")
+            return model, tok
+        r = 16 if cfg.lora_r is None else cfg.lora_r
+        lora = LoraSettings(r, 2 * r if cfg.lora_alpha is None else cfg.lora_alpha, cfg.lora_dropout,
+                            _targets(cfg.lora_target_modules))
+        return load_policy(cfg.model, lora, self.dtype)
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self):
@@ -203,32 +236,41 @@ class GRPOTrainer:
     def _tokenize_prompts(self, prompts: list) -> tuple[Tensor, Tensor]:
         return tokenize_prompts(self.tok, prompts, self.acc.device)
 
-    def _micro_batches(self, n: int):
+    def _micro_batches(self, n: int) -> list[slice]:
         return [slice(s, min(s + self.cfg.micro_batch_size, n)) for s in range(0, n, self.cfg.micro_batch_size)]
 
-    def _logp_of(self, module, r: Rollout, sl: slice) -> tuple[Tensor, Tensor]:
+    def _logp_of(self, module, batch: RolloutBatch, sl: slice) -> tuple[Tensor, Tensor]:
         """Log-probs and entropies of the completions in slice `sl`, with only the prompts they continue."""
-        gi = r.group_index[sl]
+        gi = batch.group_index[sl]
         first, last = int(gi[0]), int(gi[-1]) + 1
         with self._autocast():
-            return module(r.prompt_ids[first:last], r.prompt_mask[first:last], r.completion_ids[sl],
-                          r.completion_mask[sl], gi - first)
+            return module(batch.prompt_ids[first:last], batch.prompt_mask[first:last], batch.completion_ids[sl],
+                          batch.completion_mask[sl], gi - first)
 
     @torch.no_grad()
-    def _reference_logprobs(self, r: Rollout) -> Tensor:
-        """log pi_ref of the sampled tokens: the same model with its LoRA adapter disabled (no second copy), or
-        the frozen copy under full fine-tuning."""
-        ref = LogprobModel(self.ref_model or self.model, self.cfg.temperature, self.cfg.logprob_chunk,
-                           self.cfg.shared_prefix)
-        ctx = self.model.disable_adapter() if self.is_peft else contextlib.nullcontext()
-        with ctx:
-            return torch.cat([self._logp_of(ref, r, sl)[0] for sl in self._micro_batches(len(r.group_index))])
+    def _reference_logprobs(self, batch: RolloutBatch) -> Tensor:
+        """log pi_ref of the sampled tokens (llmrl/llm/reference.py says which model pi_ref is)."""
+        with self.reference.active() as module:
+            ref = LogprobModel(module, self.cfg.temperature, self.cfg.logprob_chunk, self.cfg.shared_prefix)
+            return torch.cat([self._logp_of(ref, batch, sl)[0] for sl in self._micro_batches(len(batch))])
+
+    def _global(self, x: Tensor) -> Tensor:
+        """x of every process, concatenated in process order (each process holds whole groups)."""
+        return self.acc.gather(x.contiguous()) if self.acc.num_processes > 1 else x
+
+    def _local(self, x: Tensor) -> Tensor:
+        """This process's rows of a tensor `_global` built."""
+        n = len(x) // self.acc.num_processes
+        return x[self.acc.process_index * n:(self.acc.process_index + 1) * n]
 
     # ------------------------------------------------------------------ one step
     @torch.no_grad()
-    def generate(self, rows: list[dict]) -> Rollout:
-        """Steps 1-5: sample G completions per prompt, score, compute advantages (and reference log-probs)."""
+    def rollout(self, rows: list[dict]) -> RolloutBatch:
+        """Steps 1-5: sample G completions per prompt, score them, reference log-probs, advantages."""
         cfg, G = self.cfg, self.cfg.num_generations
+        # this step's KL coefficient, in the reward or in the loss (the controller adapts it between steps)
+        beta = self.kl_ctl.beta
+        beta_reward, beta_loss = (beta, 0.0) if cfg.kl_in == "reward" else (0.0, beta)
         t0 = time.perf_counter()
         prompts = [make_prompt(row, cfg.prompt_column, cfg.system_prompt) for row in rows]
         prompt_ids, prompt_mask = self._tokenize_prompts(prompts)
@@ -247,80 +289,101 @@ class GRPOTrainer:
         rep_prompts = [p for p in prompts for _ in range(G)]
         total, per_func = score_completions(self.reward_funcs, cfg.reward_weights, rep_prompts, texts, columns)
         t_sampled = time.perf_counter()
-        r = Rollout(prompt_ids, prompt_mask, comp.ids, comp.mask,
-                    torch.arange(len(rows), device=prompt_ids.device).repeat_interleave(G),
-                    total.to(prompt_ids.device), torch.zeros(len(texts), device=prompt_ids.device),
-                    info={"prompts": prompts, "texts": texts, "per_func": per_func, "truncated": comp.truncated,
-                          "raw_rewards": total})
-        beta = self.kl_ctl.beta
+        dev = prompt_ids.device
+        batch = RolloutBatch(prompt_ids, prompt_mask, comp.ids, comp.mask,
+                             torch.arange(len(rows), device=dev).repeat_interleave(G), total.to(dev),
+                             torch.zeros(len(texts), device=dev), beta_loss=beta_loss,
+                             info={"prompts": prompts, "texts": texts, "per_func": per_func,
+                                   "truncated": comp.truncated, "raw_rewards": total})
+        # 4. reference log-probs; with kl_in = "reward", r_i <- r_i - beta * sum_t KL_t (log pi of the policy now)
         if beta > 0:
-            r.ref_logp = self._reference_logprobs(r)
-        r.info["sample_time"], r.info["after_sample_time"] = t_sampled - t0, time.perf_counter() - t_sampled
-        if beta > 0 and cfg.kl_in == "reward":
-            # PPO-RLHF style: r_i <- r_i - beta * sum_t KL_t, with log pi taken under the current policy
-            logp = torch.cat([self._logp_of(self.policy, r, sl)[0] for sl in self._micro_batches(len(texts))])
-            kl = O.kl_estimate(logp, r.ref_logp, cfg.kl_estimator) * r.completion_mask
-            r.rewards = r.rewards - beta * kl.sum(-1)
-            r.info["kl_reward"] = kl.sum() / r.completion_mask.sum().clamp(min=1)
-        # 4. advantages (all from llmrl.objectives)
-        if cfg.advantage == "grpo":
-            r.advantages = O.group_advantages(r.rewards, G, cfg.scale_rewards)
-        elif cfg.advantage == "dr_grpo":
-            r.advantages = O.group_advantages(r.rewards, G, "none")
-        elif cfg.advantage == "rloo":
-            r.advantages = O.leave_one_out_advantages(r.rewards, G)
-        else:
-            r.advantages = r.rewards - O.constant_baseline(r.rewards[:, None])[:, 0]  # batch-mean baseline
-        return r
+            batch.ref_logp = self._reference_logprobs(batch)
+        if beta_reward > 0:
+            logp = torch.cat([self._logp_of(self.policy, batch, sl)[0] for sl in self._micro_batches(len(batch))])
+            batch.rewards, _ = objectives.kl_shaped_rewards(batch.rewards, logp, batch.ref_logp, batch.completion_mask,
+                                                            beta_reward, cfg.kl_estimator)
+        batch.info["sample_time"], batch.info["after_sample_time"] = t_sampled - t0, time.perf_counter() - t_sampled
+        batch.advantages = self.advantages(batch.rewards)  # 5.
+        return batch
 
-    def optimize(self, r: Rollout) -> dict:
-        """Step 6: num_iterations passes, each one optimizer step over all micro-batches (exact accumulation)."""
+    def advantages(self, rewards: Tensor) -> Tensor:
+        """Step 5: this process's advantages (N,) from its rewards (N,), computed over the GLOBAL batch, so that
+        batch statistics (scale_rewards="batch", advantage="reinforce") are the same under any process count."""
+        cfg = self.cfg
+        return self._local(objectives.sequence_advantages(self._global(rewards), cfg.num_generations, cfg.advantage,
+                                                          cfg.scale_rewards))
+
+    def optimize(self, batch: RolloutBatch) -> dict:
+        """Step 6: num_iterations passes over the batch, each ONE optimizer step with the gradient accumulated
+        exactly over micro-batches; returns statistics of the first pass (token means over all processes).
+        `batch` is not modified."""
         cfg, acc = self.cfg, self.acc
-        N = len(r.group_index)
-        mbs = self._micro_batches(N)
-        # Normalizers of the WHOLE generation batch, so that micro-batch losses sum to the full-batch loss;
-        # dapo normalizes by the token count of all processes (DDP then averages the N processes' gradients).
-        n_tokens = r.completion_mask.sum().float()
-        if cfg.loss_type == "dapo" and acc.num_processes > 1:
+        loss_type = objectives.LOSS_TYPES[cfg.loss_type]
+        mbs = self._micro_batches(len(batch))
+        # Normalizers of the WHOLE generation batch, so that micro-batch losses sum to the full-batch loss; a
+        # global token count is averaged over processes because DDP averages their gradients.
+        n_tokens = batch.completion_mask.sum().float()
+        if loss_type.global_token_count and acc.num_processes > 1:
             n_tokens = acc.reduce(n_tokens, "sum") / acc.num_processes
-        agg = dict(mode=cfg.aggregation, num_tokens=n_tokens.clamp(min=1), num_seqs=N, max_len=cfg.max_new_tokens)
-        beta = self.kl_ctl.beta if cfg.kl_in == "loss" else 0.0
+        agg = dict(mode=loss_type.mode, num_tokens=n_tokens.clamp(min=1), num_seqs=len(batch),
+                   max_len=cfg.max_new_tokens)
         old: list[Tensor] = []  # log pi_theta_old per micro-batch: the first pass's log-probs, detached
+        per_token: list[dict] = []  # the first pass's per-token statistics per micro-batch
         stats: dict[str, float] = {}
         skipped = 0
         for it in range(cfg.num_iterations):
-            sums = {"loss": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "kl": 0.0, "entropy": 0.0,
-                    "ratio_mean": 0.0}
+            loss_sum = 0.0
             for j, sl in enumerate(mbs):
                 sync = acc.no_sync(self.policy) if j < len(mbs) - 1 else contextlib.nullcontext()
                 with sync:
                     try:
-                        logp, ent = self._logp_of(self.policy, r, sl)
+                        logp, ent = self._logp_of(self.policy, batch, sl)
                     except RuntimeError as e:
                         raise (out_of_memory_hint(e, "training") or e) from e
                     if it == 0:  # no update yet: the current policy IS pi_theta_old (ratio exactly 1)
                         old.append(logp.detach())
-                    mask = r.completion_mask[sl]
-                    ref = r.ref_logp[sl] if r.ref_logp is not None else None
-                    loss, s = O.grpo_loss(logp, old[j], ref, r.advantages[sl], mask, beta, cfg.clip_low,
-                                          cfg.clip_high, cfg.ratio_level, cfg.kl_estimator, **agg)
+                    ref = batch.ref_logp[sl] if batch.ref_logp is not None else None
+                    loss, s = objectives.grpo_loss(
+                        logp, old[j], ref, batch.advantages[sl], batch.completion_mask[sl], batch.beta_loss,
+                        cfg.clip_low, cfg.clip_high, cfg.ratio_level, cfg.kl_estimator, kl_gradient=cfg.kl_gradient,
+                        **agg)
                     acc.backward(loss)
-                sums["loss"] += loss.item()
-                for k in ("clip_frac_low", "clip_frac_high", "kl", "ratio_mean"):
-                    sums[k] += float(s.get(k, 0.0)) * mask.sum().item() / max(r.completion_mask.sum().item(), 1)
-                sums["entropy"] += float((ent * mask).sum()) / max(r.completion_mask.sum().item(), 1)
+                loss_sum += loss.item()
+                if it == 0:
+                    if ref is not None and "kl" not in s:  # KL in the reward: its value, for logs and controller
+                        s["kl"] = objectives.kl_estimate(old[j], ref, cfg.kl_estimator)
+                    per_token.append(dict(s, entropy=ent))
             grad_norm = self._clip_and_check()
-            if grad_norm is None or not math.isfinite(sums["loss"]):
+            if grad_norm is None or not math.isfinite(loss_sum):
                 skipped += 1  # a non-finite loss or gradient: no update (the step counts toward the stop rule)
             else:
                 self.opt.step()
                 self.sched.step()
             self.opt.zero_grad(set_to_none=True)
             if it == 0:
-                stats = dict(sums, grad_norm=grad_norm if grad_norm is not None else float("nan"))
-        r.old_logp = torch.cat(old)
+                stats = self._token_means(per_token, batch.completion_mask)
+                stats.update(loss=self._mean_over_processes(loss_sum),
+                             grad_norm=grad_norm if grad_norm is not None else float("nan"))
         stats["skipped_updates"] = skipped
         return stats
+
+    def _token_means(self, per_token: list[dict], mask: Tensor) -> dict[str, float]:
+        """Token means over the batch of every process of the per-token statistics of all micro-batches."""
+        keys = [k for k in per_token[0] if not k.startswith("clipped")] + ["clipped_low", "clipped_high"]
+        m = mask.float()
+        sums = [(torch.cat([s[k] for s in per_token]).float() * m).sum() for k in keys] + [m.sum()]
+        sums = torch.stack(sums)
+        if self.acc.num_processes > 1:
+            sums = self.acc.reduce(sums, "sum")
+        means = (sums[:-1] / sums[-1].clamp(min=1)).tolist()
+        out = {k: v for k, v in zip(keys, means) if not k.startswith("clipped")}
+        out.update(clip_frac_low=means[keys.index("clipped_low")], clip_frac_high=means[keys.index("clipped_high")])
+        out["ratio_mean"] = out.pop("ratio")
+        return out
+
+    def _mean_over_processes(self, x: float) -> float:
+        t = torch.tensor(float(x), device=self.acc.device)
+        return (self.acc.reduce(t, "mean") if self.acc.num_processes > 1 else t).item()
 
     def _clip_and_check(self) -> float | None:
         """Clip the gradient norm; None (skip the update) when it is not finite."""
@@ -329,14 +392,14 @@ class GRPOTrainer:
         norm = float(self.acc.clip_grad_norm_(params, max_norm))
         return norm if math.isfinite(norm) else None
 
-    def step(self) -> dict:
-        """One training step: generate -> optimize -> metrics."""
+    def step(self) -> tuple[dict, RolloutBatch]:
+        """One training step: rollout -> optimize -> KL controller -> metrics. Returns (metrics, batch)."""
         t0 = time.perf_counter()
         rows = [self.train_dataset[i] for i in self.sampler.next()]
-        r = self.generate(rows)
-        t_gen = time.perf_counter() - t0
-        stats = self.optimize(r)
-        stats["optimize_time"] = time.perf_counter() - t0 - t_gen
+        batch = self.rollout(rows)
+        t_rollout = time.perf_counter() - t0
+        stats = self.optimize(batch)
+        stats["optimize_time"] = time.perf_counter() - t0 - t_rollout
         self.step_count += 1
         if stats["skipped_updates"]:
             self.nonfinite_in_a_row += 1
@@ -347,44 +410,41 @@ class GRPOTrainer:
                     f"learning_rate or check the reward functions")
         else:
             self.nonfinite_in_a_row = 0
-        metrics = self._metrics(r, stats, time.perf_counter() - t0, t_gen)
-        if self.cfg.kl_controller != "fixed" and "kl" in metrics:
-            self.kl_ctl.update(metrics["kl"], n_steps=len(r.group_index) * self.acc.num_processes)
-        return metrics, r
+        if "kl" in stats:  # the KL this step measured sets the next step's beta (a fixed controller ignores it)
+            stats["beta"] = self.kl_ctl.beta  # the beta this step used
+            self.kl_ctl.update(stats["kl"], n_steps=len(batch) * self.acc.num_processes)
+        return self._metrics(batch, stats, time.perf_counter() - t0, t_rollout), batch
 
     # ------------------------------------------------------------------ metrics and logs
-    def _metrics(self, r: Rollout, stats: dict, step_time: float, gen_time: float) -> dict:
-        acc, G = self.acc, self.cfg.num_generations
-        g = lambda x: acc.gather(x.float().to(acc.device))  # noqa: E731  (all processes' values)
-        rewards, adv = g(r.rewards), g(r.advantages)
-        lengths = g(r.completion_mask.sum(-1))
+    def _metrics(self, batch: RolloutBatch, stats: dict, step_time: float, rollout_time: float) -> dict:
+        G = self.cfg.num_generations
+        g = lambda x: self._global(x.float().to(self.acc.device))  # noqa: E731  (all processes' values)
+        rewards, adv = g(batch.rewards), g(batch.advantages)
+        lengths = g(batch.completion_mask.sum(-1))
         m = {"reward": rewards.mean().item(), "reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0}
-        for name, v in r.info["per_func"].items():
+        for name, v in batch.info["per_func"].items():
             v = g(v)
             ok = v[~torch.isnan(v)]
             m[f"rewards/{name}"] = ok.mean().item() if ok.numel() else float("nan")
             m[f"rewards/{name}_std"] = ok.std().item() if ok.numel() > 1 else 0.0
-        m["frac_zero_std_groups"] = g(O.zero_std_groups(r.rewards, G)).mean().item()
+        m["frac_zero_std_groups"] = g(objectives.zero_std_groups(batch.rewards, G)).mean().item()
         m.update({"advantages/mean": adv.mean().item(), "advantages/std": adv.std().item() if adv.numel() > 1 else 0.0,
                   "advantages/min": adv.min().item(), "advantages/max": adv.max().item()})
-        for k in ("loss", "clip_frac_low", "clip_frac_high", "entropy", "grad_norm"):
-            m[k] = acc.reduce(torch.tensor(float(stats[k]), device=acc.device), "mean").item()
-        if r.ref_logp is not None:
-            m["kl"] = acc.reduce(torch.tensor(float(stats["kl"]) if self.cfg.kl_in == "loss" else
-                                              float(r.info["kl_reward"]), device=acc.device), "mean").item()
-            m["beta"] = self.kl_ctl.beta
+        m.update({k: stats[k] for k in ("loss", "clip_frac_low", "clip_frac_high", "entropy", "grad_norm", "kl",
+                                        "beta") if k in stats})
         m.update({"completion_length": lengths.mean().item(), "completion_length_max": lengths.max().item(),
-                  "truncated_frac": g(r.info["truncated"]).mean().item(),
-                  "tokens_per_s": lengths.sum().item() / step_time, "step_time": step_time, "gen_time": gen_time,
-                  "sample_time": r.info["sample_time"], "optimize_time": stats["optimize_time"],
-                  "learning_rate": self.sched.get_last_lr()[0], "skipped_updates": stats["skipped_updates"]})
+                  "truncated_frac": g(batch.info["truncated"]).mean().item(),
+                  "tokens_per_s": lengths.sum().item() / step_time, "step_time": step_time,
+                  "gen_time": rollout_time, "sample_time": batch.info["sample_time"],
+                  "optimize_time": stats["optimize_time"], "learning_rate": self.sched.get_last_lr()[0],
+                  "skipped_updates": stats["skipped_updates"]})
         return m
 
-    def _log_completions(self, r: Rollout, step: int) -> None:
-        rows = [{"step": step, "prompt": r.info["prompts"][int(gi)], "completion": t,
-                 "rewards": {k: (None if math.isnan(v[i]) else float(v[i])) for k, v in r.info["per_func"].items()},
-                 "reward": float(r.rewards[i]), "advantage": float(r.advantages[i])}
-                for i, (t, gi) in enumerate(zip(r.info["texts"], r.group_index))]
+    def _log_completions(self, batch: RolloutBatch, step: int) -> None:
+        rows = [{"step": step, "prompt": batch.info["prompts"][int(gi)], "completion": t,
+                 "rewards": {k: (None if math.isnan(v[i]) else float(v[i])) for k, v in batch.info["per_func"].items()},
+                 "reward": float(batch.rewards[i]), "advantage": float(batch.advantages[i])}
+                for i, (t, gi) in enumerate(zip(batch.info["texts"], batch.group_index))]
         rows = self.acc.gather_for_metrics(rows, use_gather_object=True) if self.acc.num_processes > 1 else rows
         if self.acc.is_main_process:
             with open(os.path.join(self.cfg.output_dir, "completions.jsonl"), "a") as f:
@@ -410,19 +470,25 @@ class GRPOTrainer:
             acc.init_trackers("tb", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                             for k, v in config_dict(cfg).items()})
         history = []
-        bar = tqdm(total=cfg.max_steps, initial=self.step_count, disable=not acc.is_main_process, desc="grpo")
+        bar = tqdm(total=cfg.max_steps, initial=self.step_count, disable=not acc.is_main_process, desc="grpo",
+                   unit="step")
         while self.step_count < cfg.max_steps:
-            metrics, r = self.step()
+            metrics, batch = self.step()
             history.append(metrics)
-            if self.step_count % cfg.logging_steps == 0 and acc.is_main_process:
-                self.logger.log(metrics, self.step_count)
             if self.step_count % cfg.logging_steps == 0:
+                if acc.is_main_process:
+                    self.logger.log(metrics, self.step_count)
                 acc.log(metrics, step=self.step_count)
-            if cfg.log_completions and self.step_count % cfg.logging_steps == 0:
-                self._log_completions(r, self.step_count)
+                if cfg.log_completions:
+                    self._log_completions(batch, self.step_count)
+            if metrics["frac_zero_std_groups"] == 1.0 and acc.is_main_process:
+                bar.write(f"step {self.step_count}: every group's completions got the same reward: no learning "
+                          f"signal this step (raise num_generations or temperature, or use a denser reward)")
             bar.update(1)
-            bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0):.4f}",
-                            tok_s=f"{metrics['tokens_per_s']:.0f}")
+            postfix = {"reward": f"{metrics['reward']:.3f}", "tok/s": f"{metrics['tokens_per_s']:.0f}"}
+            if "kl" in metrics:
+                postfix["kl"] = f"{metrics['kl']:.4f}"
+            bar.set_postfix(postfix)
             if (cfg.save_steps and self.step_count % cfg.save_steps == 0) or self.step_count == cfg.max_steps:
                 ckpt.save_checkpoint(self)
         bar.close()
@@ -455,11 +521,10 @@ class GRPOTrainer:
         `merged`, also the model with the adapter folded into its weights to output_dir/final-merged."""
         acc, out = self.acc, os.path.join(self.cfg.output_dir, "final")
         if acc.is_main_process:
-            self.model.save_pretrained(out)
+            save_policy(self.model, out)
             self.tok.save_pretrained(out)
             if merged and self.is_peft:
-                full = copy.deepcopy(self.model).merge_and_unload()
-                full.save_pretrained(out + "-merged")
+                save_merged(self.model, out + "-merged")
                 self.tok.save_pretrained(out + "-merged")
         acc.wait_for_everyone()
         return out
@@ -472,41 +537,24 @@ class GRPOTrainer:
             torch.distributed.destroy_process_group()
 
 
-def tokenize_prompts(tok, prompts: list, device) -> tuple[Tensor, Tensor]:
-    """Left-padded ids and mask of prompts (chat messages go through the chat template, which already holds its
-    special tokens; plain strings get the tokenizer's)."""
-    texts = [prompt_to_text(p, tok) for p in prompts]
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=isinstance(prompts[0], str))
-    return enc.input_ids.to(device), enc.attention_mask.to(device)
+def save_policy(model, path: str) -> None:
+    """The trained policy in plain peft / HF format: only the trained adapter (not the frozen reference copy)."""
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(path, selected_adapters=[model.active_adapter])
+    else:
+        model.save_pretrained(path)
 
 
-def decode_completions(tok, comp) -> list[str]:
-    """Completion texts, without the EOS token and what the sampler padded after it."""
-    return tok.batch_decode(comp.ids * comp.mask + tok.pad_token_id * (1 - comp.mask), skip_special_tokens=True)
+def save_merged(model, path: str) -> None:
+    """The model with the trained adapter folded into its weights (loadable without peft)."""
+    import copy
 
+    from .reference import REFERENCE_ADAPTER
 
-@torch.no_grad()
-def greedy_eval(model, tok, rows: list[dict], reward: str = "gsm8k", prompt_column: str = "question",
-                system_prompt: str | None = None, max_new_tokens: int = 128, batch_size: int = 32,
-                eos_ids: list[int] | None = None, engine: str = "auto") -> dict:
-    """Greedy-decode each row's prompt and score it with the named reward function (1 = correct):
-    {"correct": sum of scores, "samples": [{prompt, completion, score}]}. Used for any model, TRL's included."""
-    fn = get_reward_functions([reward])
-    eos_ids = eos_ids or [tok.eos_token_id]
-    device = next(model.parameters()).device
-    correct, samples = 0.0, []
-    for s in range(0, len(rows), batch_size):
-        batch = rows[s:s + batch_size]
-        prompts = [make_prompt(row, prompt_column, system_prompt) for row in batch]
-        ids, mask = tokenize_prompts(tok, prompts, device)
-        comp = sample_completions(model, ids, mask, 1, max_new_tokens, eos_ids, tok.pad_token_id,
-                                  temperature=0.0, engine=engine)
-        texts = decode_completions(tok, comp)
-        columns = {k: [row[k] for row in batch] for k in batch[0] if k != "prompt"}
-        scores, _ = score_completions(fn, None, prompts, texts, columns)
-        correct += float(scores.sum())
-        samples += [{"prompt": p, "completion": t, "score": float(x)} for p, t, x in zip(prompts, texts, scores)]
-    return {"correct": correct, "samples": samples}
+    full = copy.deepcopy(model)
+    if REFERENCE_ADAPTER in full.peft_config:
+        full.delete_adapter(REFERENCE_ADAPTER)
+    full.merge_and_unload().save_pretrained(path)
 
 
 def _targets(modules: list[str]) -> list[str] | str:

@@ -13,7 +13,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from llmrl import objectives as O  # noqa: E402
-from llmrl.llm.trainer import Rollout  # noqa: E402
+from llmrl.llm.trainer import RolloutBatch  # noqa: E402
 from tests.llm.tiny import tiny_trainer  # noqa: E402
 
 out = sys.argv[1]
@@ -34,14 +34,31 @@ def run(loss_type: str):
     cmask = (torch.arange(C)[None] < torch.randint(1, C + 1, (prompts_total * G, 1), generator=g)).long()
     rewards = torch.randint(0, 3, (prompts_total * G,), generator=g).float()
     mine = slice(rank * B * G, (rank + 1) * B * G)
-    r = Rollout(ids[rank * B:(rank + 1) * B], mask[rank * B:(rank + 1) * B], comp[mine], cmask[mine],
+    r = RolloutBatch(ids[rank * B:(rank + 1) * B], mask[rank * B:(rank + 1) * B], comp[mine], cmask[mine],
                 torch.arange(B).repeat_interleave(G), rewards[mine], O.group_advantages(rewards[mine], G))
     tr.optimize(r)
     torch.save({k: v.detach() for k, v in tr.model.named_parameters() if v.requires_grad},
                os.path.join(out, f"weights_{loss_type}_{world}_{rank}.pt"))
 
 
+ADVANTAGES = [("grpo", "group"), ("grpo", "batch"), ("grpo", "none"), ("dr_grpo", "group"), ("rloo", "group"),
+              ("reinforce", "group")]
+
+
+def advantages():
+    """Each advantage mode on this rank's share of one fixed global batch of rewards (batch statistics must be over
+    the global batch, so the concatenated shares equal the one-process result)."""
+    tr = tiny_trainer(os.path.join(out, "adv"), per_device_batch_size=B * G)
+    rewards = torch.randn(prompts_total * G, generator=torch.Generator().manual_seed(1)) * 3 + 1
+    mine = rewards[rank * B * G:(rank + 1) * B * G]
+    got = {}
+    for adv, scale in ADVANTAGES:
+        tr.cfg.advantage, tr.cfg.scale_rewards = adv, scale
+        got[f"{adv}_{scale}"] = tr.advantages(mine)
+    torch.save(got, os.path.join(out, f"advantages_{world}_{rank}.pt"))
+
+
 for loss in sys.argv[2:]:  # several loss types in one launch (one process group)
-    run(loss)
+    advantages() if loss == "advantages" else run(loss)
 if torch.distributed.is_initialized():
     torch.distributed.destroy_process_group()

