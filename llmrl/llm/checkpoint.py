@@ -36,19 +36,62 @@ def find_checkpoint(output_dir: str, resume: str) -> str:
 
 
 RUN_FILES = ("metrics.jsonl", "completions.jsonl", "config.json", "tb")
+# Settings that define a run (the model and its adapter's shape, the data order, the groups): a resumed run must
+# keep them. Every other setting may change on resume; the new value is applied and recorded in config.json.
+FIXED_ON_RESUME = ("model", "adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "dataset",
+                   "dataset_config", "dataset_split", "per_device_batch_size", "num_generations", "seed")
+
+
+def holds_a_run(output_dir: str) -> bool:
+    """True when `output_dir` holds a run that completed at least one step (a checkpoint or logged metrics); what
+    a run that failed before its first step left behind does not count."""
+    metrics = os.path.join(output_dir, "metrics.jsonl")
+    return bool(list_checkpoints(output_dir)) or (os.path.isfile(metrics) and os.path.getsize(metrics) > 0)
+
+
+def check_fresh_output_dir(output_dir: str, overwrite: bool) -> None:
+    """Refuse, before anything is loaded or written, to start a new run over an earlier one."""
+    if holds_a_run(output_dir) and not overwrite:
+        raise FileExistsError(f"output_dir {output_dir} already holds a run; pass --resume latest to continue it, "
+                              f"--overwrite_output_dir to replace it, or another --output_dir")
 
 
 def prepare_fresh_output_dir(output_dir: str, overwrite: bool) -> None:
-    """A new run must not silently mix with (or destroy) an earlier one in the same directory."""
+    """A new run must not silently mix with (or destroy) an earlier one in the same directory; the leftovers of a
+    run that failed before its first step are cleared."""
+    check_fresh_output_dir(output_dir, overwrite)
     old = [d for d in RUN_FILES if os.path.exists(os.path.join(output_dir, d))] + \
         [os.path.basename(p) for p in list_checkpoints(output_dir)]
-    if old and not overwrite:
-        raise FileExistsError(f"output_dir {output_dir} already holds a run ({', '.join(sorted(old)[:3])}); pass "
-                              f"--resume latest to continue it, --overwrite_output_dir to replace it, or another "
-                              f"--output_dir")
     for name in old:
         path = os.path.join(output_dir, name)
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def check_resume(cfg) -> tuple[str, dict]:
+    """Before anything is loaded: the checkpoint `cfg.resume` names, and the settings that differ from the ones it
+    was written with ({name: (old, new)}); a change to a setting in FIXED_ON_RESUME is refused by name."""
+    path = find_checkpoint(cfg.output_dir, cfg.resume)
+    with open(os.path.join(path, "config.json")) as f:
+        old = json.load(f)
+    new = config_dict(cfg)
+    changed = {k: (old[k], new[k]) for k in new if k in old and old[k] != new[k] and k != "resume"}
+    for key in FIXED_ON_RESUME:
+        if key in changed:
+            was, now = changed[key]
+            raise ValueError(f"resume: {key} is {now!r} but {path} was written with {was!r}; it cannot change in a "
+                             f"resumed run (drop --{key}, or start a new run in another --output_dir)")
+    return path, changed
+
+
+def apply_learning_rate(optimizer, scheduler, lr: float) -> None:
+    """Make a restored optimizer and LambdaLR-style scheduler continue at base learning rate `lr` (the checkpoint
+    holds the old one) from the scheduler's current step."""
+    sched = getattr(scheduler, "scheduler", scheduler)  # through accelerate's AcceleratedScheduler
+    sched.base_lrs = [lr for _ in optimizer.param_groups]
+    for group, fn in zip(optimizer.param_groups, sched.lr_lambdas):
+        group["initial_lr"] = lr
+        group["lr"] = lr * fn(sched.last_epoch)
+    sched._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def write_config(cfg) -> None:

@@ -147,6 +147,10 @@ class GRPOTrainer:
         from transformers import get_scheduler
 
         cfg = self.cfg = config
+        # Checks that can refuse the run come before anything is loaded or written.
+        self._resume = ckpt.check_resume(cfg) if cfg.resume else None
+        if not cfg.resume:
+            ckpt.check_fresh_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
         report_to = [t for t in cfg.report_to if t != "none"]
         # Without a GPU, accelerate only runs several processes (torchrun, DDP over gloo on CPU) when told to use
         # the CPU.
@@ -453,12 +457,16 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> list[dict]:
+        """Run steps until max_steps, logging and checkpointing; Ctrl-C finishes the current step, saves a
+        checkpoint and raises KeyboardInterrupt (a second Ctrl-C stops at once)."""
         from tqdm.auto import tqdm
 
         cfg, acc = self.cfg, self.acc
         os.makedirs(cfg.output_dir, exist_ok=True)
-        if cfg.resume:
-            ckpt.load_checkpoint(self, ckpt.find_checkpoint(cfg.output_dir, cfg.resume))
+        if self._resume is not None:
+            path, changed = self._resume
+            ckpt.load_checkpoint(self, path)
+            self._apply_changed_settings(path, changed)
         elif acc.is_main_process:
             ckpt.prepare_fresh_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
         if acc.is_main_process:
@@ -472,31 +480,55 @@ class GRPOTrainer:
         history = []
         bar = tqdm(total=cfg.max_steps, initial=self.step_count, disable=not acc.is_main_process, desc="grpo",
                    unit="step")
-        while self.step_count < cfg.max_steps:
-            metrics, batch = self.step()
-            history.append(metrics)
-            if self.step_count % cfg.logging_steps == 0:
-                if acc.is_main_process:
-                    self.logger.log(metrics, self.step_count)
-                acc.log(metrics, step=self.step_count)
-                if cfg.log_completions:
-                    self._log_completions(batch, self.step_count)
-            if metrics["frac_zero_std_groups"] == 1.0 and acc.is_main_process:
-                bar.write(f"step {self.step_count}: every group's completions got the same reward: no learning "
-                          f"signal this step (raise num_generations or temperature, or use a denser reward)")
-            bar.update(1)
-            postfix = {"reward": f"{metrics['reward']:.3f}", "tok/s": f"{metrics['tokens_per_s']:.0f}"}
-            if "kl" in metrics:
-                postfix["kl"] = f"{metrics['kl']:.4f}"
-            bar.set_postfix(postfix)
-            if (cfg.save_steps and self.step_count % cfg.save_steps == 0) or self.step_count == cfg.max_steps:
-                ckpt.save_checkpoint(self)
+        with _StopOnInterrupt(acc, bar) as interrupt:
+            while self.step_count < cfg.max_steps:
+                metrics, batch = self.step()
+                history.append(metrics)
+                self._log_step(metrics, batch, bar)
+                stop = interrupt.requested()
+                if stop or (cfg.save_steps and self.step_count % cfg.save_steps == 0) or \
+                        self.step_count == cfg.max_steps:
+                    ckpt.save_checkpoint(self)
+                if stop:
+                    bar.close()
+                    if acc.is_main_process:
+                        print(f"interrupted: checkpoint-{self.step_count} saved in {cfg.output_dir}; continue with "
+                              f"--resume latest", flush=True)
+                    raise KeyboardInterrupt
         bar.close()
         if acc.is_main_process and self.logger is not None:
             self.logger.close()
         for tracker in acc.trackers:  # not acc.end_training(): it also ends the process group, which the
             tracker.finish()          # evaluation and saving after training still need
         return history
+
+    def _log_step(self, metrics: dict, batch: RolloutBatch, bar) -> None:
+        cfg, acc = self.cfg, self.acc
+        if self.step_count % cfg.logging_steps == 0:
+            if acc.is_main_process:
+                self.logger.log(metrics, self.step_count)
+            acc.log(metrics, step=self.step_count)
+            if cfg.log_completions:
+                self._log_completions(batch, self.step_count)
+        if metrics["frac_zero_std_groups"] == 1.0 and acc.is_main_process:
+            bar.write(f"step {self.step_count}: every group's completions got the same reward: no learning "
+                      f"signal this step (raise num_generations or temperature, or use a denser reward)")
+        bar.update(1)
+        postfix = {"reward": f"{metrics['reward']:.3f}", "tok/s": f"{metrics['tokens_per_s']:.0f}"}
+        if "kl" in metrics:
+            postfix["kl"] = f"{metrics['kl']:.4f}"
+        bar.set_postfix(postfix)
+
+    def _apply_changed_settings(self, path: str, changed: dict) -> None:
+        """Settings given anew on resume take effect (the checkpoint restored the old optimizer and KL state)."""
+        cfg = self.cfg
+        if "learning_rate" in changed:
+            ckpt.apply_learning_rate(self.opt, self.sched, cfg.learning_rate)
+        if "beta" in changed:
+            self.kl_ctl.beta = cfg.beta
+        if changed and self.acc.is_main_process:
+            print(f"resuming {path} with: " + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()),
+                  flush=True)
 
     # ------------------------------------------------------------------ evaluation and the final model
     def evaluate(self, dataset, n: int, reward: str = "gsm8k") -> dict:
@@ -535,6 +567,46 @@ class GRPOTrainer:
         self.acc.wait_for_everyone()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+class _StopOnInterrupt:
+    """Ctrl-C (SIGINT) during training asks to stop after the current step (the caller saves a checkpoint there);
+    a second Ctrl-C raises KeyboardInterrupt at once. Under several processes the request is agreed on by all
+    of them after each step, so they stop at the same step."""
+
+    def __init__(self, acc, bar):
+        self.acc, self.bar, self.flag, self.previous = acc, bar, False, None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        import signal
+
+        if self.flag:  # the second Ctrl-C
+            signal.signal(signal.SIGINT, self.previous)
+            raise KeyboardInterrupt
+        self.flag = True
+        if self.acc.is_main_process:
+            self.bar.write("Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again to stop now)")
+
+    def requested(self) -> bool:
+        if self.acc.num_processes == 1:
+            return self.flag
+        flag = torch.tensor(float(self.flag), device=self.acc.device)
+        return bool(self.acc.reduce(flag, "sum").item() > 0)
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
 
 
 def save_policy(model, path: str) -> None:

@@ -418,7 +418,11 @@ def test_resume_keeps_the_reference_adapter(tmp_path):
     tr = tiny_trainer(tmp_path, beta=0.1, max_steps=2, save_steps=1)
     tr.train()
     ref = tr.reference.state_dict()
-    other = tiny_trainer(tmp_path, beta=0.1, max_steps=3, resume="latest", seed=5)  # another starting adapter
+    other = tiny_trainer(tmp_path, beta=0.1, max_steps=3, resume="latest")
+    with torch.no_grad():  # spoil its reference copy: the checkpoint must bring the original back
+        for n, p in other.model.named_parameters():
+            if ".reference." in n:
+                p.add_(1.0)
     from llmrl.llm import checkpoint as ckpt
     fresh = _fresh_lora_trainer(tmp_path / "f", beta=0.1, max_steps=3)
     with pytest.raises(ValueError, match="reference policy does not match"):
