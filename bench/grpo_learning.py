@@ -1,6 +1,6 @@
 """Issue 6 learning benchmark: does GRPO teach the bundled SmolLM2-135M something in <= 100 steps on a CPU?
 
-Task: the project's one-digit arithmetic word problems (data/arithmetic), where the model starts weak but not
+Task: the project's one-digit arithmetic word problems (`arithmetic`, bundled in llmrl/data/arithmetic), where the model starts weak but not
 hopeless. llmrl's recipe and TRL's GRPOTrainer train with the same hyperparameters in the same run (each in its
 own subprocess); then both final adapters and the base model are evaluated here the same way: greedy decoding
 of the first --eval_examples test questions (bf16 weights), scored by llmrl's gsm8k_reward. Reward curves of
@@ -41,6 +41,11 @@ def run_llmrl(args, out: str) -> float:
     return time.time() - t
 
 
+def dataset_dir(name: str) -> str:
+    from llmrl.llm.data import BUNDLED_DATASETS, bundled_dataset_dir
+    return bundled_dataset_dir(name) if name in BUNDLED_DATASETS else os.path.abspath(name)
+
+
 def run_trl(args, out: str) -> float:
     """TRL GRPOTrainer with the same hyperparameters (bf16 autocast, TRL's fastest CPU setting)."""
     code = f"""
@@ -53,7 +58,7 @@ from llmrl.llm.data import GSM8K_SYSTEM_PROMPT
 from llmrl.llm.model import _from_gguf, resolve_model
 from llmrl.llm.rewards import gsm8k_reward, format_reward
 h = {hyper(args)!r}
-ds = load_dataset("json", data_files={os.path.join(ROOT, args.dataset, 'train.jsonl')!r}, split="train")
+ds = load_dataset("json", data_files={os.path.join(dataset_dir(args.dataset), 'train.jsonl')!r}, split="train")
 ds = ds.map(lambda r: {{"prompt": [{{"role": "system", "content": GSM8K_SYSTEM_PROMPT}},
                                    {{"role": "user", "content": r["question"]}}]}})
 text = lambda cs: [c[-1]["content"] if isinstance(c, list) else c for c in cs]
@@ -137,7 +142,7 @@ def main():
     ap.add_argument("--max_new_tokens", type=int, default=96)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval_examples", type=int, default=200)
-    ap.add_argument("--dataset", default="data/arithmetic")
+    ap.add_argument("--dataset", default="arithmetic")
     ap.add_argument("--sides", nargs="+", default=["llmrl", "trl"], choices=["llmrl", "trl"])
     ap.add_argument("--out", default="runs/bench_learning")
     ap.add_argument("--skip_training", action="store_true", help="only evaluate and plot the runs in --out")

@@ -77,6 +77,7 @@ def run_llmrl(args) -> dict:
     from datasets import Dataset
 
     from llmrl.llm.config import GRPOConfig
+    from llmrl.llm.rewards import completion_text
     from llmrl.llm.trainer import GRPOTrainer
 
     torch.manual_seed(0)
@@ -88,7 +89,7 @@ def run_llmrl(args) -> dict:
         import re
         out = []
         for c, a in zip(completions, answer):
-            nums = re.findall(r"-?\d+(?:\.\d+)?", c.replace(",", ""))
+            nums = re.findall(r"-?\d+(?:\.\d+)?", completion_text(c).replace(",", ""))
             out.append(1.0 if nums and float(nums[-1]) == float(a) else 0.0)
         return out
 

@@ -5,7 +5,10 @@ Each row is {"question": ..., "answer": "<one-line worked solution>\\n#### N"}, 
      "answer": "Tom has 3 apples and buys 4 more: 3 + 4 = 7.\\n#### 7"}
 Addition questions end with "now?", subtraction questions with "left?", and answers are never negative.
 
-    python -m llmrl.llm.arithmetic --out data/arithmetic --n_train 2000 --n_test 200 --digits 1 --seed 0
+The files bundled with llmrl (llmrl/data/arithmetic, `load_prompt_dataset("arithmetic")`, GRPOConfig's default
+dataset) were written from a clone's root by:
+
+    python -m llmrl.llm.arithmetic --out llmrl/data/arithmetic --n_train 2000 --n_test 200 --digits 1 --seed 0
 """
 from __future__ import annotations
 
@@ -59,7 +62,9 @@ OPS = ("add", "subtract")
 
 @dataclass
 class ArithmeticConfig:
-    out: str = field(default="data/arithmetic", metadata={"help": "Directory for train.jsonl and test.jsonl."})
+    out: str = field(default="llmrl/data/arithmetic",
+                     metadata={"help": "Directory for train.jsonl and test.jsonl (default: the bundled copy, run "
+                                       "from a clone's root)."})
     n_train: int = field(default=2000, metadata={"help": "Number of training problems."})
     n_test: int = field(default=200, metadata={"help": "Number of test problems (no question shared with train)."})
     digits: int = field(default=1, metadata={"help": "Digits of each operand (1: 2..9, 2: 10..99, ...)."})

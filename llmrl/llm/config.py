@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from ..objectives.advantages import SCALES, SEQUENCE_ESTIMATORS
 from ..objectives.kl import KL_ESTIMATORS, KL_GRADIENTS
 from ..objectives.losses import LOSS_TYPES
-from .data import GSM8K_SYSTEM_PROMPT
+from .rewards import resolve_reward_functions
 
 ADVANTAGES = SEQUENCE_ESTIMATORS
 
@@ -34,13 +34,18 @@ class GRPOConfig:
                              "checkpoint-N/): it keeps training, and the KL reference is this starting adapter, "
                              "not the base model.", default=None)
     # --- data ---
-    dataset: str = _h("Local .jsonl/.parquet file or directory of {split}.jsonl, or a hub dataset name.",
-                      default="data/arithmetic")
+    dataset: str = _h("'arithmetic' (bundled with llmrl: one-digit add/subtract word problems, GSM8K format), a local "
+                      ".jsonl/.json/.parquet/.csv file or directory of {split}.jsonl, or a hub dataset name.",
+                      default="arithmetic")
     dataset_config: str | None = _h("Hub dataset config name (openai/gsm8k: 'main').", default=None)
     dataset_split: str = _h("Training split.", default="train")
-    prompt_column: str = _h("Column holding the question text (a 'prompt' column of chat messages wins).",
-                            default="question")
-    system_prompt: str = _h("System message put before each question.", default=GSM8K_SYSTEM_PROMPT)
+    prompt_column: str | None = _h("Column holding the prompts. Default: 'prompt' when the dataset has one (TRL's "
+                                   "format: text is given to the model as is, chat messages go through the chat "
+                                   "template), else 'question'. Any other column's text becomes a user turn after "
+                                   "system_prompt (chat template needed).", default=None)
+    system_prompt: str | None = _h("System message before each question of a non-'prompt' column (default: the "
+                                   "GSM8K instruction to end with 'The answer is N.'; '' for none). Refused with a "
+                                   "'prompt' column, whose prompts are used as they are.", default=None)
     # --- sampling ---
     per_device_batch_size: int = _h("Completions per optimizer step on each process (prompts x num_generations).",
                                     default=16)
@@ -50,8 +55,9 @@ class GRPOConfig:
     top_p: float = _h("Nucleus sampling mass.", default=1.0)
     top_k: int = _h("Top-k sampling (0 = off).", default=0)
     # --- rewards and advantages ---
-    reward_funcs: list[str] = _h("Reward functions by name (llmrl.llm.rewards.REWARD_FUNCTIONS).",
-                                 default_factory=lambda: ["gsm8k", "format"])
+    reward_funcs: list[str] | None = _h("Reward functions: built-in names (gsm8k, format) or import paths "
+                                        "'package.module:function' / 'path/to/file.py:function'. Default: gsm8k "
+                                        "format, unless the trainer is given reward functions.", default=None)
     reward_weights: list[float] | None = _h("One weight per reward function (default 1 each).", default=None)
     advantage: str = _h("grpo (group-normalized) | dr_grpo (no std) | rloo (leave-one-out) | reinforce "
                         "(batch-mean baseline).", default="grpo")
@@ -164,9 +170,11 @@ class GRPOConfig:
         need(not (self.adapter and self.lora_r == 0), "adapter and lora_r=0 (full fine-tuning) exclude each other")
         need(self.dtype in ("auto", "float32", "bfloat16"), f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
         need(self.sampler in ("auto", "hf"), f"sampler must be auto or hf, got {self.sampler!r}")
-        need(len(self.reward_funcs) >= 1, "reward_funcs needs at least one reward function")
-        need(self.reward_weights is None or len(self.reward_weights) == len(self.reward_funcs),
-             f"reward_weights has {len(self.reward_weights or [])} values for {len(self.reward_funcs)} reward_funcs")
+        if self.reward_funcs is not None:  # names resolve (and weights count) here; functions at the trainer
+            try:
+                resolve_reward_functions(names=self.reward_funcs, weights=self.reward_weights)
+            except ValueError as e:
+                raise ValueError(f"GRPOConfig: {e}") from e
         need(self.save_total_limit >= 1, f"save_total_limit must be >= 1, got {self.save_total_limit}")
         need(self.max_nonfinite_steps >= 1, f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
 

@@ -10,7 +10,6 @@ Every equation is in llmrl.objectives; accelerate handles devices, processes and
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import math
 import os
@@ -24,12 +23,12 @@ from .. import objectives
 from ..utils import RunLogger, config_dict, seed_everything, truncate_jsonl
 from . import checkpoint as ckpt
 from .config import GRPOConfig
-from .data import check_columns, load_prompt_dataset, make_prompt
+from .data import PromptSampler, check_prompt_dataset, load_prompt_dataset, make_prompt, row_prompt
 from .evaluation import greedy_eval
 from .logprobs import completion_logprobs, completion_logprobs_naive
 from .model import LoraSettings, load_adapter, load_policy
 from .reference import ReferencePolicy
-from .rewards import get_reward_functions, score_completions
+from .rewards import required_columns, resolve_reward_functions, score_completions
 from .sampling import decode_completions, sample_completions, tokenize_prompts
 
 
@@ -76,48 +75,6 @@ def resolve_dtype(name: str) -> torch.dtype:
     except (AttributeError, RuntimeError):
         fast = False
     return torch.bfloat16 if fast else torch.float32
-
-
-def required_columns(reward_funcs: dict) -> dict[str, str]:
-    """Dataset columns each reward function needs: its keyword parameters without a default."""
-    need = {}
-    for name, fn in reward_funcs.items():
-        for p in inspect.signature(fn).parameters.values():
-            if p.name not in ("prompts", "completions") and p.default is p.empty and \
-                    p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
-                need.setdefault(p.name, f"reward function {name!r}")
-    return need
-
-
-class PromptSampler:
-    """Seeded order over the dataset, reshuffled each epoch; each of the N processes takes its own B prompts of
-    every global batch. Its state (epoch, position) goes into checkpoints."""
-
-    def __init__(self, size: int, per_process: int, num_processes: int, rank: int, seed: int):
-        self.size, self.B, self.N, self.rank, self.seed = size, per_process, num_processes, rank, seed
-        if size < per_process * num_processes:
-            raise ValueError(f"dataset has {size} rows, fewer than one step's {per_process * num_processes} prompts")
-        self.epoch, self.pos = 0, 0
-        self._order = self._perm()
-
-    def _perm(self) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        return torch.randperm(self.size, generator=g).tolist()
-
-    def next(self) -> list[int]:
-        if self.pos + self.B * self.N > self.size:  # drop the incomplete tail batch of the epoch
-            self.epoch, self.pos = self.epoch + 1, 0
-            self._order = self._perm()
-        start = self.pos + self.rank * self.B
-        self.pos += self.B * self.N
-        return self._order[start:start + self.B]
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, s: dict) -> None:
-        self.epoch, self.pos = s["epoch"], s["pos"]
-        self._order = self._perm()
 
 
 def out_of_memory_hint(err: BaseException, phase: str) -> RuntimeError | None:
@@ -173,19 +130,11 @@ class GRPOTrainer:
                                            *(_as_list(getattr(model.generation_config, "eos_token_id", None)))]
                                if i is not None})
         # --- rewards and data ---
-        if reward_funcs is None:
-            reward_funcs = get_reward_functions(cfg.reward_funcs)
-        self.reward_funcs = reward_funcs if isinstance(reward_funcs, dict) else {
-            getattr(f, "__name__", f"reward_{i}"): f for i, f in enumerate(reward_funcs)}
-        if cfg.reward_weights is not None and len(cfg.reward_weights) != len(self.reward_funcs):
-            raise ValueError(f"GRPOConfig: reward_weights has {len(cfg.reward_weights)} values for "
-                             f"{len(self.reward_funcs)} reward functions")
+        self.reward_funcs = resolve_reward_functions(reward_funcs, cfg.reward_weights, cfg.reward_funcs)
         if train_dataset is None:
             train_dataset = load_prompt_dataset(cfg.dataset, cfg.dataset_split, cfg.dataset_config)
-        needed = required_columns(self.reward_funcs)
-        if "prompt" not in train_dataset.column_names:
-            needed.setdefault(cfg.prompt_column, "the prompt (prompt_column)")
-        check_columns(train_dataset, list(needed), needed)
+        check_prompt_dataset(train_dataset, tokenizer, cfg.prompt_column, cfg.system_prompt,
+                             required_columns(self.reward_funcs))
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
         self.sampler = PromptSampler(len(train_dataset), cfg.prompts_per_step, self.acc.num_processes,
                                      self.acc.process_index, cfg.seed)
@@ -271,6 +220,8 @@ class GRPOTrainer:
     @torch.no_grad()
     def rollout(self, rows: list[dict]) -> RolloutBatch:
         """Steps 1-5: sample G completions per prompt, score them, reference log-probs, advantages."""
+        from transformers import TrainerState
+
         cfg, G = self.cfg, self.cfg.num_generations
         # this step's KL coefficient, in the reward or in the loss (the controller adapts it between steps)
         beta = self.kl_ctl.beta
@@ -290,8 +241,11 @@ class GRPOTrainer:
         texts = decode_completions(self.tok, comp)
         # 3. rewards: each dataset column travels to the reward functions, repeated for the G completions
         columns = {k: [row[k] for row in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
-        rep_prompts = [p for p in prompts for _ in range(G)]
-        total, per_func = score_completions(self.reward_funcs, cfg.reward_weights, rep_prompts, texts, columns)
+        rep_prompts = [row_prompt(row, cfg.prompt_column) for row in rows for _ in range(G)]
+        completion_ids = [ids[m.bool()].tolist() for ids, m in zip(comp.ids, comp.mask)]
+        total, per_func = score_completions(self.reward_funcs, cfg.reward_weights, rep_prompts, texts, columns,
+                                            completion_ids, TrainerState(global_step=self.step_count,
+                                                                         max_steps=cfg.max_steps))
         t_sampled = time.perf_counter()
         dev = prompt_ids.device
         batch = RolloutBatch(prompt_ids, prompt_mask, comp.ids, comp.mask,
