@@ -2,7 +2,8 @@
 one exists), validated at construction with one-line errors. Recipes parse it from the command line."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 
 from ..objectives.advantages import SCALES, SEQUENCE_ESTIMATORS
 from ..objectives.kl import KL_ESTIMATORS, KL_GRADIENTS
@@ -47,8 +48,8 @@ class GRPOConfig:
                                    "GSM8K instruction to end with 'The answer is N.'; '' for none). Refused with a "
                                    "'prompt' column, whose prompts are used as they are.", default=None)
     # --- sampling ---
-    per_device_batch_size: int = _h("Completions per optimizer step on each process (prompts x num_generations).",
-                                    default=16)
+    per_device_batch_size: int = _h("Completions sampled per step on each process (prompts x num_generations); "
+                                    "TRL: per_device_train_batch_size x gradient_accumulation_steps.", default=16)
     num_generations: int = _h("G: completions sampled per prompt.", default=8)
     max_new_tokens: int = _h("Longest completion (TRL: max_completion_length).", default=128)
     temperature: float = _h("Sampling temperature (log-probs use the same temperature).", default=1.0)
@@ -84,7 +85,8 @@ class GRPOConfig:
     kl_target: float = _h("Target KL per token for the adaptive controllers.", default=0.05)
     kl_horizon: int = _h("Horizon of the proportional KL controller.", default=10000)
     num_iterations: int = _h("mu: optimization passes over each generation batch.", default=1)
-    micro_batch_size: int = _h("Completions per forward/backward (gradient accumulation is exact).", default=16)
+    micro_batch_size: int = _h("Completions per forward/backward (gradient accumulation is exact; TRL: "
+                               "per_device_train_batch_size).", default=16)
     # --- optimization ---
     learning_rate: float = _h("AdamW learning rate (1e-4 suits LoRA; use ~1e-6 for full fine-tuning).",
                               default=1e-4)
@@ -95,7 +97,8 @@ class GRPOConfig:
     adam_beta1: float = _h("AdamW beta1.", default=0.9)
     adam_beta2: float = _h("AdamW beta2.", default=0.999)
     max_grad_norm: float = _h("Gradient-norm clipping (0 = off).", default=1.0)
-    max_steps: int = _h("Training steps (one generation batch each).", default=100)
+    max_steps: int | None = _h("Training steps, one generation batch each (default 100, or num_train_epochs "
+                               "passes over the dataset when that is set).", default=None)
     seed: int = _h("Seed for data order, sampling and initialization.", default=0)
     # --- run, logging, checkpoints ---
     output_dir: str = _h("Run directory: metrics, completions, checkpoints, final adapter.", default="runs/grpo")
@@ -124,11 +127,42 @@ class GRPOConfig:
     shared_prefix: bool = _h("Compute each prompt once per group in the log-prob forward (exact).", default=True)
     sampler: str = _h("Decoding engine: 'auto' (fast Llama-family decoder when supported) | 'hf'.", default="auto")
     logprob_chunk: int = _h("Positions per chunk of the LM-head log-softmax.", default=256)
+    # --- TRL's names (TRL GRPOConfig users' habits): each sets the llmrl setting named in its help ---
+    per_device_train_batch_size: int | None = _h("TRL: completions per forward/backward; sets micro_batch_size, "
+                                                 "and per_device_batch_size = it x gradient_accumulation_steps.",
+                                                 default=None)
+    gradient_accumulation_steps: int | None = _h("TRL: micro-batches per optimizer step (see "
+                                                 "per_device_train_batch_size).", default=None)
+    max_completion_length: int | None = _h("TRL: sets max_new_tokens.", default=None)
+    bf16: bool | None = _h("TRL: True sets dtype=bfloat16, False dtype=float32.", default=None)
+    num_train_epochs: float | None = _h("TRL: passes over the training prompts; sets max_steps from the dataset "
+                                        "size (ceil(epochs x rows / prompts per step of all processes)).",
+                                        default=None)
+    epsilon: float | None = _h("TRL: sets clip_low.", default=None)
+    epsilon_high: float | None = _h("TRL: sets clip_high.", default=None)
+    importance_sampling_level: str | None = _h("TRL: sets ratio_level (token | sequence).", default=None)
+    lr_scheduler_type: str | None = _h("TRL: sets lr_scheduler.", default=None)
+    warmup_ratio: float | None = _h("TRL: sets warmup_steps = ceil(ratio x max_steps).", default=None)
+    per_device_eval_batch_size: int | None = _h("TRL: sets eval_batch_size.", default=None)
+    resume_from_checkpoint: str | None = _h("TRL: sets resume (a checkpoint path, or 'true' for the latest).",
+                                            default=None)
+    use_vllm: bool = _h("TRL: generation with vLLM; not supported (llmrl samples with its own decoder).",
+                        default=False)
 
     def __post_init__(self):
         def need(ok: bool, msg: str):
             if not ok:
                 raise ValueError(f"GRPOConfig: {msg}")
+
+        self._apply_trl_names(need)
+        if isinstance(self.report_to, str):  # TRL/HF take one tracker name as a string
+            self.report_to = [self.report_to]
+        if isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = [self.lora_target_modules]
+        if isinstance(self.reward_funcs, str):
+            self.reward_funcs = [self.reward_funcs]
+        if self.max_steps is None and self.num_train_epochs is None:
+            self.max_steps = 100
 
         need(self.num_generations >= 1, f"num_generations must be >= 1, got {self.num_generations}")
         need(self.per_device_batch_size % self.num_generations == 0,
@@ -165,7 +199,9 @@ class GRPOConfig:
         need(self.temperature > 0, f"temperature must be > 0 for sampling, got {self.temperature}")
         need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
         need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
-        need(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        need(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        need(self.num_train_epochs is None or self.num_train_epochs > 0,
+             f"num_train_epochs must be > 0, got {self.num_train_epochs}")
         need(self.lora_r is None or self.lora_r >= 0, f"lora_r must be >= 0, got {self.lora_r}")
         need(not (self.adapter and self.lora_r == 0), "adapter and lora_r=0 (full fine-tuning) exclude each other")
         need(self.dtype in ("auto", "float32", "bfloat16"), f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
@@ -177,6 +213,57 @@ class GRPOConfig:
                 raise ValueError(f"GRPOConfig: {e}") from e
         need(self.save_total_limit >= 1, f"save_total_limit must be >= 1, got {self.save_total_limit}")
         need(self.max_nonfinite_steps >= 1, f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
+
+    def _apply_trl_names(self, need) -> None:
+        """Move each TRL-named setting onto the llmrl setting it means (then clear it, so config.json records each
+        setting once); a TRL name that contradicts an llmrl setting given too is refused."""
+        defaults = {f.name: f.default for f in fields(self)}
+
+        def move(trl: str, ours: str, value, clear: bool = True) -> None:
+            if getattr(self, trl) is None:
+                return
+            current = getattr(self, ours)
+            need(current == defaults[ours] or current == value,
+                 f"{trl}={getattr(self, trl)!r} contradicts {ours}={current!r}; give one of them")
+            setattr(self, ours, value)
+            if clear:
+                setattr(self, trl, None)
+
+        need(not self.use_vllm, "use_vllm: vLLM is not supported; llmrl samples with its own decoder (drop use_vllm)")
+        if self.per_device_train_batch_size is not None:
+            micro, steps = self.per_device_train_batch_size, self.gradient_accumulation_steps or 1
+            move("per_device_train_batch_size", "per_device_batch_size", micro * steps, clear=False)
+            move("per_device_train_batch_size", "micro_batch_size", micro)
+            self.gradient_accumulation_steps = None
+        need(self.gradient_accumulation_steps is None,
+             "gradient_accumulation_steps needs per_device_train_batch_size (TRL's pair); or set llmrl's "
+             "per_device_batch_size (completions per step) and micro_batch_size (per forward/backward)")
+        move("max_completion_length", "max_new_tokens", self.max_completion_length)
+        if self.bf16 is not None:
+            move("bf16", "dtype", "bfloat16" if self.bf16 else "float32")
+        move("epsilon", "clip_low", self.epsilon)
+        move("epsilon_high", "clip_high", self.epsilon_high)
+        move("importance_sampling_level", "ratio_level", self.importance_sampling_level)
+        move("lr_scheduler_type", "lr_scheduler", self.lr_scheduler_type)
+        move("per_device_eval_batch_size", "eval_batch_size", self.per_device_eval_batch_size)
+        if self.resume_from_checkpoint is not None:
+            flag = str(self.resume_from_checkpoint).lower()
+            move("resume_from_checkpoint", "resume", "latest" if flag == "true" else self.resume_from_checkpoint)
+            if flag == "false":
+                self.resume = None
+        need(self.num_train_epochs is None or self.max_steps is None,
+             "num_train_epochs and max_steps both given; give one of them")
+
+    def resolve_max_steps(self, num_rows: int, num_processes: int) -> int:
+        """max_steps, computed from num_train_epochs when that is set (needs the dataset size); also resolves
+        warmup_ratio. Called once by the trainer."""
+        if self.num_train_epochs is not None:
+            self.max_steps = max(1, math.ceil(self.num_train_epochs * num_rows /
+                                              (self.prompts_per_step * num_processes)))
+        if self.warmup_ratio is not None:
+            self.warmup_steps = math.ceil(self.warmup_ratio * self.max_steps)
+            self.warmup_ratio = None
+        return self.max_steps
 
     @property
     def prompts_per_step(self) -> int:

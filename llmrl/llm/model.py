@@ -109,12 +109,14 @@ def load_policy(name_or_path: str | None = BUNDLED, lora: LoraSettings | None = 
     return model, tok
 
 
-def add_lora(model, lora: LoraSettings):
-    """Wrap `model` with a fresh LoRA adapter (peft); only the adapter weights require grad (kept in fp32)."""
+def add_lora(model, lora):
+    """Wrap `model` with a fresh LoRA adapter (peft) from LoraSettings or a peft.LoraConfig; only the adapter
+    weights require grad (kept in fp32)."""
     from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                     target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    cfg = lora if not isinstance(lora, LoraSettings) else LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+        task_type="CAUSAL_LM")
     model = get_peft_model(model, cfg)
     for p in model.parameters():
         if p.requires_grad:

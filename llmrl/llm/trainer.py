@@ -26,7 +26,7 @@ from .config import GRPOConfig
 from .data import PromptSampler, check_prompt_dataset, load_prompt_dataset, make_prompt, row_prompt
 from .evaluation import greedy_eval
 from .logprobs import completion_logprobs, completion_logprobs_naive
-from .model import LoraSettings, load_adapter, load_policy
+from .model import LoraSettings, add_lora, load_adapter, load_policy
 from .reference import ReferencePolicy
 from .rewards import required_columns, resolve_reward_functions, score_completions
 from .sampling import decode_completions, sample_completions, tokenize_prompts
@@ -98,11 +98,15 @@ class GRPOTrainer:
     -> metrics, completions and checkpoints in config.output_dir.
     """
 
-    def __init__(self, config: GRPOConfig, model=None, tokenizer=None, reward_funcs=None, train_dataset=None,
-                 eval_dataset=None, accelerator=None):
+    def __init__(self, config: GRPOConfig | None = None, model=None, tokenizer=None, reward_funcs=None,
+                 train_dataset=None, eval_dataset=None, accelerator=None, *, args: GRPOConfig | None = None,
+                 processing_class=None, peft_config=None):
         from accelerate import Accelerator
         from transformers import get_scheduler
 
+        # TRL's keywords work too: args (the config), processing_class (the tokenizer), model as a hub id or
+        # path, peft_config (a peft.LoraConfig for a new adapter)
+        config, model, tokenizer = _trl_arguments(config, args, model, tokenizer, processing_class, peft_config)
         cfg = self.cfg = config
         # Checks that can refuse the run come before anything is loaded or written.
         self._resume = ckpt.check_resume(cfg) if cfg.resume else None
@@ -118,9 +122,11 @@ class GRPOTrainer:
         self.dtype = resolve_dtype(cfg.dtype)
         # --- model: LoRA (new, or a trained adapter to continue) or full fine-tuning ---
         if model is None:
-            model, tokenizer = self._load_model()
+            model, tokenizer = self._load_model(peft_config)
+        elif peft_config is not None:
+            model = add_lora(model, peft_config)
         if tokenizer is None:
-            raise ValueError("GRPOTrainer: pass the tokenizer together with the model")
+            tokenizer = _tokenizer_of(model)
         self.tok = tokenizer
         self.is_peft = hasattr(model, "disable_adapter")
         # pi_ref = the policy as it is now, before any update (llmrl/llm/reference.py); only with a KL term
@@ -133,6 +139,7 @@ class GRPOTrainer:
         self.reward_funcs = resolve_reward_functions(reward_funcs, cfg.reward_weights, cfg.reward_funcs)
         if train_dataset is None:
             train_dataset = load_prompt_dataset(cfg.dataset, cfg.dataset_split, cfg.dataset_config)
+        cfg.resolve_max_steps(len(train_dataset), self.acc.num_processes)
         check_prompt_dataset(train_dataset, tokenizer, cfg.prompt_column, cfg.system_prompt,
                              required_columns(self.reward_funcs))
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
@@ -160,10 +167,13 @@ class GRPOTrainer:
         self.step_count, self.nonfinite_in_a_row = 0, 0
         self.logger = None
 
-    def _load_model(self):
+    def _load_model(self, peft_config=None):
         """The policy from config.model: + a new LoRA adapter, + the trained adapter config.adapter, or all
         weights trainable (lora_r=0; fp32 master weights, bf16 autocast when dtype resolves to bf16)."""
         cfg = self.cfg
+        if peft_config is not None:
+            model, tok = load_policy(cfg.model, None, self.dtype)
+            return add_lora(model, peft_config), tok
         if cfg.lora_r == 0:
             return load_policy(cfg.model, None, torch.float32)
         if cfg.adapter:
@@ -515,6 +525,16 @@ class GRPOTrainer:
         acc.wait_for_everyone()
         return out
 
+    def save_model(self, output_dir: str | None = None) -> str:
+        """Save the policy (adapter in peft format, or the full model) and the tokenizer to `output_dir` (default:
+        config.output_dir), as TRL's `trainer.save_model` does."""
+        out = output_dir or self.cfg.output_dir
+        if self.acc.is_main_process:
+            save_policy(self.model, out)
+            self.tok.save_pretrained(out)
+        self.acc.wait_for_everyone()
+        return out
+
     def close(self):
         """Tear down the process group (multi-process runs) once all collective work is done; without it, a
         process can abort at exit with 'terminate called without an active exception'."""
@@ -561,6 +581,41 @@ class _StopOnInterrupt:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
         return False
+
+
+def _trl_arguments(config, args, model, tokenizer, processing_class, peft_config):
+    """(config, model, tokenizer) from llmrl's or TRL's way of passing them; contradictions are refused."""
+    if args is not None:
+        if config is not None:
+            raise ValueError("GRPOTrainer: pass the config once, as `config` or as TRL's `args`")
+        config = args
+    config = GRPOConfig() if config is None else config
+    if processing_class is not None:
+        if tokenizer is not None:
+            raise ValueError("GRPOTrainer: pass the tokenizer once, as `tokenizer` or as TRL's `processing_class`")
+        tokenizer = processing_class
+    if isinstance(model, str):  # a hub id or path, as TRL takes it
+        if config.model not in ("bundled", model):
+            raise ValueError(f"GRPOTrainer: model={model!r} contradicts config.model={config.model!r}; give one")
+        config.model, model = model, None
+    if peft_config is not None:
+        if config.lora_r is not None or config.adapter:
+            raise ValueError("GRPOTrainer: peft_config and the config's lora_r/adapter both describe the adapter; "
+                             "give one of them")
+        if model is not None and hasattr(model, "peft_config"):
+            raise ValueError("GRPOTrainer: the model already has a peft adapter; drop peft_config")
+    return config, model, tokenizer
+
+
+def _tokenizer_of(model):
+    """The tokenizer saved with a model object (TRL loads it from the model's name or path the same way)."""
+    from .model import load_tokenizer
+
+    name = getattr(getattr(model, "config", None), "_name_or_path", "")
+    if not name or not (os.path.isdir(name) or "/" in name):
+        raise ValueError("GRPOTrainer: pass the tokenizer with the model (tokenizer= or TRL's processing_class=): "
+                         "the model does not say where its tokenizer is")
+    return load_tokenizer(name)
 
 
 def save_policy(model, path: str) -> None:

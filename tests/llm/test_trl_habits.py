@@ -1,0 +1,73 @@
+"""TRL habits carry over (issue 19.8): TRL's config names, its trainer keywords, strings where TRL takes strings,
+and trainer.save_model."""
+import os
+
+import pytest
+import torch
+
+from llmrl.llm.config import GRPOConfig
+from tests.llm.tiny import length_reward, save_tiny, tiny_dataset, tiny_model
+
+
+def test_trl_config_names_set_the_llmrl_settings():
+    c = GRPOConfig(per_device_train_batch_size=4, gradient_accumulation_steps=3, num_generations=4,
+                   max_completion_length=64, bf16=True, epsilon=0.1, epsilon_high=0.28,
+                   importance_sampling_level="sequence", lr_scheduler_type="cosine", per_device_eval_batch_size=7,
+                   resume_from_checkpoint="true", report_to="none", lora_target_modules="all-linear")
+    assert (c.micro_batch_size, c.per_device_batch_size) == (4, 12)  # TRL: micro-batch x accumulation steps
+    assert (c.max_new_tokens, c.dtype, c.clip_low, c.clip_high) == (64, "bfloat16", 0.1, 0.28)
+    assert (c.ratio_level, c.lr_scheduler, c.eval_batch_size, c.resume) == ("sequence", "cosine", 7, "latest")
+    assert c.report_to == ["none"] and c.lora_target_modules == ["all-linear"]
+    # each setting is recorded once, under llmrl's name
+    assert c.per_device_train_batch_size is None and c.max_completion_length is None and c.bf16 is None
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(max_completion_length=64, max_new_tokens=32), "max_completion_length=64 contradicts max_new_tokens=32"),
+    (dict(bf16=True, dtype="float32"), "contradicts dtype"),
+    (dict(gradient_accumulation_steps=2), "needs per_device_train_batch_size"),
+    (dict(use_vllm=True), "vLLM is not supported"),
+    (dict(num_train_epochs=1, max_steps=5), "num_train_epochs and max_steps"),
+])
+def test_contradicting_or_unsupported_trl_settings_are_refused(kw, words):
+    with pytest.raises(ValueError, match=words):
+        GRPOConfig(**kw)
+
+
+def test_trainer_takes_trl_keywords_and_saves_like_trl(tmp_path):
+    """GRPOTrainer(model=<path>, reward_funcs=<one callable>, args=config, train_dataset=..., peft_config=...)."""
+    from peft import LoraConfig, PeftModel
+
+    from llmrl.llm.trainer import GRPOTrainer
+    model_dir = save_tiny(tmp_path / "model")
+    args = GRPOConfig(output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                      num_generations=4, max_completion_length=6, num_train_epochs=1, report_to="none",
+                      dtype="float32", save_steps=0)
+    tr = GRPOTrainer(model=model_dir, reward_funcs=length_reward, args=args, train_dataset=tiny_dataset(24),
+                     peft_config=LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],
+                                            task_type="CAUSAL_LM"))
+    assert tr.cfg.max_steps == 12  # 24 prompts / 2 prompts per step, one epoch
+    assert tr.model.peft_config["default"].r == 2 and tr.tok.padding_side == "left"
+    tr.cfg.max_steps = 1
+    tr.train()
+    out = tr.save_model(str(tmp_path / "saved"))
+    base, _ = tiny_model(0)
+    loaded = PeftModel.from_pretrained(base, out)
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, tr.model(ids).logits)
+    assert os.path.isfile(os.path.join(out, "tokenizer_config.json"))
+
+
+def test_trl_keyword_contradictions_are_refused(tmp_path):
+    from peft import LoraConfig
+
+    from llmrl.llm.trainer import GRPOTrainer
+    cfg = GRPOConfig(output_dir=str(tmp_path), report_to="none", lora_r=8)
+    with pytest.raises(ValueError, match="pass the config once"):
+        GRPOTrainer(cfg, args=cfg)
+    with pytest.raises(ValueError, match="peft_config and the config's lora_r"):
+        GRPOTrainer(model="x", args=cfg, peft_config=LoraConfig(r=2))
+    model, tok = tiny_model()
+    with pytest.raises(ValueError, match="pass the tokenizer once"):
+        GRPOTrainer(GRPOConfig(output_dir=str(tmp_path)), model=model, tokenizer=tok, processing_class=tok)
