@@ -64,6 +64,17 @@ class GRPOConfig:
                         "(batch-mean baseline).", default="grpo")
     scale_rewards: str = _h("For advantage=grpo: divide by the std of the 'group' or the 'batch', or 'none'.",
                             default="group")
+    dynamic_sampling: bool = _h("DAPO's dynamic sampling: drop groups whose completions all got the same reward "
+                                "(no learning signal) and sample more prompts until each process has its "
+                                "per_device_batch_size completions.", default=False)
+    dynamic_sampling_max_rounds: int = _h("Extra generation rounds dynamic sampling may take per step; after them "
+                                          "the batch is filled up with dropped groups (logged).", default=3)
+    overlong_buffer: int = _h("DAPO's soft overlong punishment: the last N tokens before max_new_tokens cost up to "
+                              "overlong_penalty_factor of reward, linearly (0 = off).", default=0)
+    overlong_penalty_factor: float = _h("Reward lost by a completion that reaches max_new_tokens (with "
+                                        "overlong_buffer).", default=1.0)
+    mask_truncated_completions: bool = _h("Leave completions cut off at max_new_tokens out of the loss (DAPO's "
+                                          "overlong filtering; TRL's name).", default=False)
     # --- loss ---
     loss_type: str = _h("Aggregation: grpo | bnpo | dr_grpo | dapo (llmrl.objectives.LOSS_TYPES).", default="dapo")
     clip_low: float = _h("PPO clip epsilon below 1 (TRL: epsilon).", default=0.2)
@@ -193,6 +204,10 @@ class GRPOConfig:
         need(self.kl_controller in ("fixed", "adaptive", "proportional"),
              f"kl_controller must be fixed, adaptive or proportional, got {self.kl_controller!r}")
         need(self.kl_controller == "fixed" or self.beta > 0, "an adaptive kl_controller needs beta > 0 to start from")
+        need(self.dynamic_sampling_max_rounds >= 0,
+             f"dynamic_sampling_max_rounds must be >= 0, got {self.dynamic_sampling_max_rounds}")
+        need(self.overlong_buffer == 0 or 1 <= self.overlong_buffer <= self.max_new_tokens,
+             f"overlong_buffer must be in [0, max_new_tokens], got {self.overlong_buffer}")
         need(self.num_iterations >= 1, f"num_iterations must be >= 1, got {self.num_iterations}")
         need(self.micro_batch_size >= 1, f"micro_batch_size must be >= 1, got {self.micro_batch_size}")
         need(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")

@@ -40,14 +40,53 @@ class RolloutBatch:
     completion_ids: Tensor      # (N, C) right-padded
     completion_mask: Tensor     # (N, C), 1 up to and including EOS
     group_index: Tensor         # (N,) prompt row of each completion
-    rewards: Tensor             # (N,) weighted total (KL-shaped when kl_in = "reward")
+    rewards: Tensor             # (N,) weighted total (+ shaping: overlong penalty, KL when kl_in = "reward")
     advantages: Tensor          # (N,)
     ref_logp: Tensor | None = None   # (N, C) log pi_ref of the sampled tokens, when a KL term is on
     beta_loss: float = 0.0           # this step's KL coefficient in the loss (0 when kl_in = "reward")
+    loss_mask: Tensor | None = None  # (N, C) tokens that count in the loss (default: completion_mask)
     info: dict = field(default_factory=dict)  # texts and per-function rewards, for logs
 
     def __len__(self) -> int:
         return len(self.group_index)
+
+    def __post_init__(self):
+        if self.loss_mask is None:
+            self.loss_mask = self.completion_mask
+
+    def select_groups(self, groups: list[int], G: int) -> RolloutBatch:
+        """The batch of the given prompt rows (groups of G completions), in that order."""
+        rows = torch.tensor(groups, dtype=torch.long, device=self.prompt_ids.device)
+        comp = (rows[:, None] * G + torch.arange(G, device=rows.device)).flatten()
+        pick = lambda x: x[comp] if isinstance(x, Tensor) else [x[i] for i in comp.tolist()]  # noqa: E731
+        info = {"prompts": [self.info["prompts"][g] for g in groups], "texts": pick(self.info["texts"]),
+                "per_func": {k: pick(v) for k, v in self.info["per_func"].items()},
+                "truncated": pick(self.info["truncated"]), "raw_rewards": pick(self.info["raw_rewards"])}
+        return RolloutBatch(self.prompt_ids[rows], self.prompt_mask[rows], self.completion_ids[comp],
+                            self.completion_mask[comp], torch.arange(len(groups), device=rows.device).repeat_interleave(G),
+                            self.rewards[comp], self.advantages[comp], beta_loss=self.beta_loss, info=info)
+
+    @staticmethod
+    def concat(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
+        """One batch of several (before reference log-probs): prompts left-padded and completions right-padded
+        to the longest."""
+        P = max(b.prompt_ids.shape[1] for b in batches)
+        C = max(b.completion_ids.shape[1] for b in batches)
+        left = lambda x, v: torch.nn.functional.pad(x, (P - x.shape[1], 0), value=v)  # noqa: E731
+        right = lambda x, v: torch.nn.functional.pad(x, (0, C - x.shape[1]), value=v)  # noqa: E731
+        offsets = torch.tensor([0] + [len(b.prompt_ids) for b in batches[:-1]]).cumsum(0).tolist()
+        cat = lambda key: torch.cat([b.info[key] for b in batches])  # noqa: E731
+        info = {"prompts": sum((b.info["prompts"] for b in batches), []),
+                "texts": sum((b.info["texts"] for b in batches), []),
+                "per_func": {k: torch.cat([b.info["per_func"][k] for b in batches]) for k in batches[0].info["per_func"]},
+                "truncated": cat("truncated"), "raw_rewards": cat("raw_rewards")}
+        return RolloutBatch(torch.cat([left(b.prompt_ids, pad_id) for b in batches]),
+                            torch.cat([left(b.prompt_mask, 0) for b in batches]),
+                            torch.cat([right(b.completion_ids, pad_id) for b in batches]),
+                            torch.cat([right(b.completion_mask, 0) for b in batches]),
+                            torch.cat([b.group_index + o for b, o in zip(batches, offsets)]),
+                            torch.cat([b.rewards for b in batches]), torch.cat([b.advantages for b in batches]),
+                            beta_loss=batches[0].beta_loss, info=info)
 
 
 class LogprobModel(nn.Module):
@@ -229,14 +268,36 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ one step
     @torch.no_grad()
     def rollout(self, rows: list[dict]) -> RolloutBatch:
-        """Steps 1-5: sample G completions per prompt, score them, reference log-probs, advantages."""
-        from transformers import TrainerState
-
-        cfg, G = self.cfg, self.cfg.num_generations
+        """Steps 1-5: sample G completions per prompt and score them (with DAPO's dynamic sampling, more prompts
+        until every group has a learning signal), reference log-probs, KL-shaped rewards, advantages."""
+        cfg = self.cfg
         # this step's KL coefficient, in the reward or in the loss (the controller adapts it between steps)
         beta = self.kl_ctl.beta
         beta_reward, beta_loss = (beta, 0.0) if cfg.kl_in == "reward" else (0.0, beta)
         t0 = time.perf_counter()
+        batch = self._generate(rows, beta_loss)
+        if cfg.dynamic_sampling:
+            batch = self._dynamic_sampling(batch, beta_loss)
+        if cfg.mask_truncated_completions:  # DAPO: a cut-off completion's tokens do not count in the loss
+            batch.loss_mask = batch.completion_mask * ~batch.info["truncated"][:, None]
+        t_sampled = time.perf_counter()
+        # 4. reference log-probs; with kl_in = "reward", r_i <- r_i - beta * sum_t KL_t (log pi of the policy now)
+        if beta > 0:
+            batch.ref_logp = self._reference_logprobs(batch)
+        if beta_reward > 0:
+            logp = torch.cat([self._logp_of(self.policy, batch, sl)[0] for sl in self._micro_batches(len(batch))])
+            batch.rewards, _ = objectives.kl_shaped_rewards(batch.rewards, logp, batch.ref_logp, batch.completion_mask,
+                                                            beta_reward, cfg.kl_estimator)
+        batch.info["sample_time"], batch.info["after_sample_time"] = t_sampled - t0, time.perf_counter() - t_sampled
+        batch.advantages = self.advantages(batch.rewards)  # 5.
+        return batch
+
+    def _generate(self, rows: list[dict], beta_loss: float) -> RolloutBatch:
+        """Steps 2-3 for these prompts: G completions each, scored (the weighted reward functions, plus DAPO's
+        overlong penalty when overlong_buffer > 0). No collective operation: processes may call it unequally."""
+        from transformers import TrainerState
+
+        cfg, G = self.cfg, self.cfg.num_generations
         prompts = [make_prompt(row, cfg.prompt_column, cfg.system_prompt) for row in rows]
         prompt_ids, prompt_mask = self._tokenize_prompts(prompts)
         self.model.eval()
@@ -256,23 +317,51 @@ class GRPOTrainer:
         total, per_func = score_completions(self.reward_funcs, cfg.reward_weights, rep_prompts, texts, columns,
                                             completion_ids, TrainerState(global_step=self.step_count,
                                                                          max_steps=cfg.max_steps))
-        t_sampled = time.perf_counter()
         dev = prompt_ids.device
-        batch = RolloutBatch(prompt_ids, prompt_mask, comp.ids, comp.mask,
-                             torch.arange(len(rows), device=dev).repeat_interleave(G), total.to(dev),
-                             torch.zeros(len(texts), device=dev), beta_loss=beta_loss,
-                             info={"prompts": prompts, "texts": texts, "per_func": per_func,
-                                   "truncated": comp.truncated, "raw_rewards": total})
-        # 4. reference log-probs; with kl_in = "reward", r_i <- r_i - beta * sum_t KL_t (log pi of the policy now)
-        if beta > 0:
-            batch.ref_logp = self._reference_logprobs(batch)
-        if beta_reward > 0:
-            logp = torch.cat([self._logp_of(self.policy, batch, sl)[0] for sl in self._micro_batches(len(batch))])
-            batch.rewards, _ = objectives.kl_shaped_rewards(batch.rewards, logp, batch.ref_logp, batch.completion_mask,
-                                                            beta_reward, cfg.kl_estimator)
-        batch.info["sample_time"], batch.info["after_sample_time"] = t_sampled - t0, time.perf_counter() - t_sampled
-        batch.advantages = self.advantages(batch.rewards)  # 5.
-        return batch
+        rewards = total.to(dev)
+        if cfg.overlong_buffer > 0:
+            penalty = objectives.overlong_penalty(comp.mask.sum(-1).to(dev), cfg.max_new_tokens, cfg.overlong_buffer)
+            rewards = rewards + cfg.overlong_penalty_factor * penalty
+            per_func["overlong_penalty"] = penalty.float().cpu()
+        return RolloutBatch(prompt_ids, prompt_mask, comp.ids, comp.mask,
+                            torch.arange(len(rows), device=dev).repeat_interleave(G), rewards,
+                            torch.zeros(len(texts), device=dev), beta_loss=beta_loss,
+                            info={"prompts": prompts, "texts": texts, "per_func": per_func,
+                                  "truncated": comp.truncated, "raw_rewards": total})
+
+    def _dynamic_sampling(self, batch: RolloutBatch, beta_loss: float) -> RolloutBatch:
+        """DAPO's dynamic sampling (Yu et al. 2025): drop the groups whose rewards are all equal (their advantages
+        are 0: no learning signal) and sample more prompts until this process has its B groups again. All processes
+        take the same number of rounds (agreed after each round), so their data order stays aligned. After
+        `dynamic_sampling_max_rounds` extra rounds the batch is filled up with dropped groups (counted in logs)."""
+        cfg, B, G = self.cfg, len(batch.prompt_ids), self.cfg.num_generations
+        kept, dropped, rounds = [], [], 0
+        while True:
+            flat = objectives.zero_std_groups(batch.rewards, G).tolist()
+            kept.append(batch.select_groups([i for i, z in enumerate(flat) if not z], G))
+            dropped.append(batch.select_groups([i for i, z in enumerate(flat) if z], G))
+            short = torch.tensor(float(sum(len(b.prompt_ids) for b in kept) < B), device=self.acc.device)
+            if self.acc.num_processes > 1:
+                short = self.acc.reduce(short, "sum")
+            if short.item() == 0 or rounds == cfg.dynamic_sampling_max_rounds:
+                break
+            rounds += 1
+            rows = [self.train_dataset[i] for i in self.sampler.next()]  # every process advances the data order
+            if sum(len(b.prompt_ids) for b in kept) < B:
+                batch = self._generate(rows, beta_loss)
+            else:  # full already: no sampling, only the other processes' round
+                batch = batch.select_groups([], G)
+        good = RolloutBatch.concat([b for b in kept if len(b.prompt_ids)] or kept[:1], self.tok.pad_token_id)
+        n_good = len(good.prompt_ids)
+        filled = max(0, B - n_good)
+        parts = [good.select_groups(list(range(min(B, n_good))), G)]
+        if filled:
+            spare = RolloutBatch.concat([b for b in dropped if len(b.prompt_ids)], self.tok.pad_token_id)
+            parts.append(spare.select_groups(list(range(filled)), G))
+        out = RolloutBatch.concat(parts, self.tok.pad_token_id)
+        out.info.update(dynamic_sampling_rounds=rounds, dynamic_sampling_filled_groups=filled,
+                        dynamic_sampling_dropped_groups=sum(len(b.prompt_ids) for b in dropped))
+        return out
 
     def advantages(self, rewards: Tensor) -> Tensor:
         """Step 5: this process's advantages (N,) from its rewards (N,), computed over the GLOBAL batch, so that
@@ -290,7 +379,7 @@ class GRPOTrainer:
         mbs = self._micro_batches(len(batch))
         # Normalizers of the WHOLE generation batch, so that micro-batch losses sum to the full-batch loss; a
         # global token count is averaged over processes because DDP averages their gradients.
-        n_tokens = batch.completion_mask.sum().float()
+        n_tokens = batch.loss_mask.sum().float()
         if loss_type.global_token_count and acc.num_processes > 1:
             n_tokens = acc.reduce(n_tokens, "sum") / acc.num_processes
         agg = dict(mode=loss_type.mode, num_tokens=n_tokens.clamp(min=1), num_seqs=len(batch),
@@ -312,7 +401,7 @@ class GRPOTrainer:
                         old.append(logp.detach())
                     ref = batch.ref_logp[sl] if batch.ref_logp is not None else None
                     loss, s = objectives.grpo_loss(
-                        logp, old[j], ref, batch.advantages[sl], batch.completion_mask[sl], batch.beta_loss,
+                        logp, old[j], ref, batch.advantages[sl], batch.loss_mask[sl], batch.beta_loss,
                         cfg.clip_low, cfg.clip_high, cfg.ratio_level, cfg.kl_estimator, kl_gradient=cfg.kl_gradient,
                         **agg)
                     acc.backward(loss)
@@ -329,7 +418,7 @@ class GRPOTrainer:
                 self.sched.step()
             self.opt.zero_grad(set_to_none=True)
             if it == 0:
-                stats = self._token_means(per_token, batch.completion_mask)
+                stats = self._token_means(per_token, batch.loss_mask)
                 stats.update(loss=self._mean_over_processes(loss_sum),
                              grad_norm=grad_norm if grad_norm is not None else float("nan"))
         stats["skipped_updates"] = skipped
@@ -396,6 +485,12 @@ class GRPOTrainer:
             m[f"rewards/{name}"] = ok.mean().item() if ok.numel() else float("nan")
             m[f"rewards/{name}_std"] = ok.std().item() if ok.numel() > 1 else 0.0
         m["frac_zero_std_groups"] = g(objectives.zero_std_groups(batch.rewards, G)).mean().item()
+        if "dynamic_sampling_rounds" in batch.info:
+            counts = g(torch.tensor([batch.info["dynamic_sampling_dropped_groups"],
+                                     batch.info["dynamic_sampling_filled_groups"]])[None])[:, :].sum(0)
+            m.update({"dynamic_sampling/rounds": batch.info["dynamic_sampling_rounds"],
+                      "dynamic_sampling/dropped_groups": counts[0].item(),
+                      "dynamic_sampling/filled_groups": counts[1].item()})
         m.update({"advantages/mean": adv.mean().item(), "advantages/std": adv.std().item() if adv.numel() > 1 else 0.0,
                   "advantages/min": adv.min().item(), "advantages/max": adv.max().item()})
         m.update({k: stats[k] for k in ("loss", "clip_frac_low", "clip_frac_high", "entropy", "grad_norm", "kl",

@@ -12,7 +12,7 @@ from .kl import (KL_ESTIMATORS, KL_GRADIENTS, AdaptiveKLController, FixedKLContr
 from .losses import (AGGREGATIONS, LOSS_TYPES, LossType, aggregate, entropy, grpo_loss, huber_loss, kl_penalized_loss,
                      log_ratio, masked_mean, policy_gradient_loss, ppo_clip_loss, ppo_clip_objective, surrogate_loss,
                      token_means)
-from .shaping import kl_shaped_rewards
+from .shaping import kl_shaped_rewards, overlong_penalty
 from .returns import discounted_returns, double_q_values, gae, n_step_returns, td_target
 from .trust_region import conjugate_gradient, fisher_vector_product, trust_region_step
 
@@ -22,7 +22,7 @@ __all__ = [
     "group_advantages", "leave_one_out_advantages", "zero_std_groups", "whiten", "sequence_advantages",
     "SEQUENCE_ESTIMATORS",
     "kl_k1", "kl_k2", "kl_k3", "kl_estimate", "kl_penalty", "KL_ESTIMATORS", "KL_GRADIENTS", "FixedKLController",
-    "AdaptiveKLController", "ProportionalKLController", "kl_shaped_rewards",
+    "AdaptiveKLController", "ProportionalKLController", "kl_shaped_rewards", "overlong_penalty",
     "AGGREGATIONS", "LOSS_TYPES", "LossType", "aggregate", "masked_mean", "token_means", "policy_gradient_loss",
     "log_ratio", "ppo_clip_objective", "ppo_clip_loss", "kl_penalized_loss", "grpo_loss", "entropy", "huber_loss",
     "surrogate_loss",

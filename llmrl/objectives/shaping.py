@@ -1,9 +1,11 @@
-"""Reward shaping for LLM policy gradients: a KL penalty to the reference policy folded into the reward.
+"""Reward shaping for LLM policy gradients: a KL penalty to the reference policy folded into the reward, and
+DAPO's length penalty for completions that run into the token limit.
 
 Per-token tensors are (N, T) with a completion mask (N, T), 1 = a real token.
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .kl import kl_estimate
@@ -21,3 +23,15 @@ def kl_shaped_rewards(rewards: Tensor, logp: Tensor, ref_logp: Tensor, mask: Ten
     """
     kl = kl_estimate(logp, ref_logp, estimator) * mask.to(logp.dtype)
     return rewards - beta * kl.sum(-1), kl
+
+
+def overlong_penalty(lengths: Tensor, max_len: int, buffer: int) -> Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13): 0 up to L_max - L_cache tokens, then falling
+    linearly to -1 at L_max, -1 beyond; lengths (N,) in tokens -> (N,) in reward units (add it to the reward).
+    L_max = max_len, L_cache = buffer (1 <= buffer <= max_len)."""
+    if not 1 <= buffer <= max_len:
+        raise ValueError(f"overlong buffer must be in [1, max_len={max_len}], got {buffer}")
+    free = max_len - buffer
+    lengths = lengths.to(torch.float32)
+    ramp = (free - lengths) / buffer
+    return torch.where(lengths <= free, torch.zeros_like(lengths), torch.where(lengths <= max_len, ramp, -1.0))

@@ -58,7 +58,22 @@ def advantages():
     torch.save(got, os.path.join(out, f"advantages_{world}_{rank}.pt"))
 
 
+def dynamic_sampling():
+    """Each rank fills its batch with groups that carry a learning signal; the ranks stay in lockstep."""
+    from tests.llm.test_dapo import _flat_on_some_prompts
+    tr = tiny_trainer(os.path.join(out, "dyn"), per_device_batch_size=B * G, dynamic_sampling=True,
+                      reward_funcs=[_flat_on_some_prompts], max_new_tokens=6, seed=3)
+    info = []
+    for _ in range(3):
+        metrics, batch = tr.step()
+        info.append({"rounds": batch.info["dynamic_sampling_rounds"], "pos": tr.sampler.pos,
+                     "flat": bool(O.zero_std_groups(batch.rewards, G).any()), "n": len(batch),
+                     "dropped": metrics["dynamic_sampling/dropped_groups"]})
+    torch.save({"info": info, "weights": {k: v.detach() for k, v in tr.model.named_parameters() if v.requires_grad}},
+               os.path.join(out, f"dynamic_{world}_{rank}.pt"))
+
+
 for loss in sys.argv[2:]:  # several loss types in one launch (one process group)
-    advantages() if loss == "advantages" else run(loss)
+    {"advantages": advantages, "dynamic": dynamic_sampling}.get(loss, lambda: run(loss))()
 if torch.distributed.is_initialized():
     torch.distributed.destroy_process_group()

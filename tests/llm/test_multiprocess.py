@@ -46,6 +46,18 @@ def test_batch_statistics_are_over_the_global_batch(tmp_path):
     torch.testing.assert_close(one["reinforce_group"], rewards - rewards.mean())  # by hand, one process
 
 
+def test_dynamic_sampling_under_two_processes(tmp_path):
+    """Issue 17.3: every rank's batch is full of groups with a learning signal, and the ranks take the same number
+    of generation rounds per step (their data order stays aligned) and end with the same weights."""
+    _launch(2, str(tmp_path), "dynamic")
+    r0, r1 = torch.load(tmp_path / "dynamic_2_0.pt"), torch.load(tmp_path / "dynamic_2_1.pt")
+    for a, b in zip(r0["info"], r1["info"]):
+        assert a["rounds"] == b["rounds"] and a["pos"] == b["pos"] and a["dropped"] == b["dropped"]
+        assert not a["flat"] and not b["flat"] and a["n"] == b["n"] == 8
+    assert sum(a["dropped"] for a in r0["info"]) > 0  # groups were dropped, so the lockstep was exercised
+    assert all(torch.equal(r0["weights"][k], r1["weights"][k]) for k in r0["weights"])
+
+
 def test_recipe_trains_with_two_processes(tmp_path):
     """End to end: each process samples its own prompts, metrics are gathered, checkpoints hold every rank's RNG."""
     from tests.llm.tiny import save_tiny, tiny_dataset
