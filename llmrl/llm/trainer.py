@@ -23,11 +23,11 @@ from .. import objectives as O
 from ..utils import RunLogger, config_dict, seed_everything, truncate_jsonl
 from . import checkpoint as ckpt
 from .config import GRPOConfig
-from .data import check_columns, load_prompt_dataset, make_prompt, prompt_to_text
+from .data import check_columns, load_prompt_dataset, make_prompt
 from .logprobs import completion_logprobs, completion_logprobs_naive
 from .model import LoraSettings, load_policy
 from .rewards import get_reward_functions, score_completions
-from .sampling import sample_completions
+from .sampling import check_logits_path, decode_completions, sample_completions, tokenize_prompts
 
 
 @dataclass
@@ -177,6 +177,7 @@ class GRPOTrainer:
         self.gen = torch.Generator(device=self.acc.device).manual_seed(cfg.seed * 1000 + self.acc.process_index)
         # --- optimization ---
         model.to(self.acc.device)
+        check_logits_path(model, cfg.sampler, cfg.shared_prefix)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("GRPOTrainer: the model has no trainable parameters")
@@ -470,19 +471,6 @@ class GRPOTrainer:
         self.acc.wait_for_everyone()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-
-
-def tokenize_prompts(tok, prompts: list, device) -> tuple[Tensor, Tensor]:
-    """Left-padded ids and mask of prompts (chat messages go through the chat template, which already holds its
-    special tokens; plain strings get the tokenizer's)."""
-    texts = [prompt_to_text(p, tok) for p in prompts]
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=isinstance(prompts[0], str))
-    return enc.input_ids.to(device), enc.attention_mask.to(device)
-
-
-def decode_completions(tok, comp) -> list[str]:
-    """Completion texts, without the EOS token and what the sampler padded after it."""
-    return tok.batch_decode(comp.ids * comp.mask + tok.pad_token_id * (1 - comp.mask), skip_special_tokens=True)
 
 
 @torch.no_grad()

@@ -82,3 +82,41 @@ def tiny_trainer(output_dir, reward_funcs=None, lora: bool = True, seed: int = 0
     kw.update(overrides)
     return GRPOTrainer(GRPOConfig(**kw), model=model, tokenizer=tok,
                        reward_funcs=reward_funcs or [length_reward], train_dataset=tiny_dataset())
+
+
+# Small sizes under the names most configs use (others map them through their `attribute_map`), then what a few
+# architectures need on top; the logit scale and soft-cap are set far from 1 / from inactive so they matter.
+TINY_SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256)
+TINY_EXTRA = {
+    "gptj": dict(rotary_dim=4),
+    "codegen": dict(rotary_dim=4),
+    "gpt_neox": dict(rotary_pct=0.5),
+    "gemma": dict(head_dim=8),
+    "gemma2": dict(head_dim=8, query_pre_attn_scalar=8, final_logit_softcapping=2.0, sliding_window=4),
+    "gemma3_text": dict(head_dim=8, query_pre_attn_scalar=8, final_logit_softcapping=2.0, sliding_window=4),
+    "granite": dict(logits_scaling=4.0),
+    "cohere": dict(logit_scale=0.25),
+    "opt": dict(ffn_dim=64, word_embed_proj_dim=32),
+}
+
+
+def tiny_causal_lm(model_type: str, seed: int = 0, **overrides):
+    """A tiny random causal LM of any architecture transformers ships (by `model_type`) over the tiny tokenizer, in
+    eval mode, with random biases (they start at 0) so that a path that drops one is seen. Returns (model, tok)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tok = tiny_tokenizer()
+    kw = dict(TINY_SIZES, vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+              bos_token_id=None)
+    kw.update(TINY_EXTRA.get(model_type, {}))
+    kw.update(overrides)
+    cfg = AutoConfig.for_model(model_type, **kw)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5)
+        model.get_output_embeddings().weight.mul_(4.0)  # peaked, LM-like outputs (as `tiny_model`)
+    return model.eval(), tok
