@@ -43,10 +43,11 @@ def supports(model) -> bool:
     cfg = base.config
     if getattr(cfg, "model_type", None) not in SUPPORTED or getattr(cfg, "hidden_act", None) != "silu":
         return False
-    if (getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default") not in ROPE_TYPES:
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}  # v5 / v4 name
+    if rope.get("rope_type", rope.get("type", "default")) not in ROPE_TYPES:
         return False
-    layer_types = getattr(cfg, "layer_types", None) or []
-    if any(t != "full_attention" for t in layer_types) or (cfg.model_type == "mistral" and cfg.sliding_window):
+    if (any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or [])
+            or getattr(cfg, "use_sliding_window", False) or (cfg.model_type == "mistral" and cfg.sliding_window)):
         return False
     dec = base.get_decoder()
     if any(hasattr(m, "base_layer") and not _plain_lora(m) for m in dec.modules()):

@@ -64,7 +64,7 @@ def logits_head(model) -> LogitsHead:
                          f"give the logits; this architecture is not supported")
     cfg = base.config.get_text_config()
     scale = 1.0
-    if cfg.model_type.startswith("cohere"):
+    if cfg.model_type.startswith("cohere") and getattr(cfg, "logit_scale", None) is not None:
         scale = float(cfg.logit_scale)
     elif getattr(cfg, "logits_scaling", None) is not None:  # Granite divides by it, HyperCLOVA X multiplies
         scale = float(cfg.logits_scaling) if cfg.model_type.startswith("hyperclovax") else 1.0 / cfg.logits_scaling

@@ -175,7 +175,8 @@ def check_logits_path(model, sampler: str = "auto", shared_prefix: bool = True) 
     check looks for."""
     base = unwrap_peft(model)
     name = f"{type(base).__name__} (model_type {base.config.model_type!r})"
-    unsupported = "no llmrl setting avoids it: this architecture is not supported"
+    unsupported = ("no llmrl setting avoids it: use a model of another architecture (Llama, Qwen2, Mistral, Gemma, "
+                   "Phi, GPT-2, ... pass this check)")
     head = logits_head(model)
     P, C = 5, 3  # row 0: 2 pads + 3 prompt tokens, row 1: 5 prompt tokens; then C continuation tokens each
     ids = torch.randint(0, head.weight.shape[0], (2, P + C), generator=torch.Generator().manual_seed(0))

@@ -4,26 +4,16 @@ final norms, learned positions, ...); what llmrl cannot reproduce is refused wit
 import pytest
 import torch
 
-from llmrl.llm.logprobs import completion_logprobs, completion_logprobs_naive, prompt_positions
-from llmrl.llm.model import LoraSettings, add_lora
+from llmrl.llm.logprobs import completion_logprobs, completion_logprobs_naive
 from llmrl.llm.sampling import check_logits_path, teacher_forced_logits, tokenize_prompts
-from tests.llm.tiny import tiny_causal_lm
+from tests.llm.tiny import own_logits, random_lora, tiny_causal_lm
 
 # Llama/Qwen2/Mistral: the lean-decoder family; Phi, GPT-J, CodeGen: a head bias; Gemma2/3: soft-capping; Cohere,
-# Granite: a logit scale; GPT-2, OPT, Bloom, Falcon, GPT-NeoX, ...: other decoders, norms and position schemes.
+# Granite, HyperCLOVA X: a logit scale; GPT-2, OPT, Bloom, Falcon, GPT-NeoX, ...: other decoders, norms, positions.
 ARCHITECTURES = ["llama", "qwen2", "mistral", "phi", "gptj", "codegen", "gpt2", "gemma", "gemma2", "gemma3_text",
-                 "cohere", "granite", "opt", "bloom", "falcon", "gpt_neox", "qwen3", "phi3", "stablelm", "olmo2"]
+                 "cohere", "cohere2", "granite", "hyperclovax", "opt", "bloom", "falcon", "gpt_neox", "gpt_bigcode",
+                 "starcoder2", "qwen3", "phi3", "stablelm", "olmo2"]
 T = 0.7
-
-
-def _lora(model, seed=1):
-    model = add_lora(model, LoraSettings(r=4, alpha=8))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
 
 
 def _batch(tok, G=2, C=6, seed=0):
@@ -35,13 +25,6 @@ def _batch(tok, G=2, C=6, seed=0):
     return ids, mask, comp, cmask, torch.arange(ids.shape[0]).repeat_interleave(G)
 
 
-def _own_logits(model, ids, mask, comp, cmask, gi):
-    """The model's own logits at the positions that predict each completion token, (N, C, V)."""
-    full_ids, full_mask = torch.cat([ids[gi], comp], 1), torch.cat([mask[gi], cmask], 1)
-    logits = model(input_ids=full_ids, attention_mask=full_mask, position_ids=prompt_positions(full_mask)).logits
-    return logits[:, ids.shape[1] - 1:-1].float()
-
-
 def _grads(model):
     return [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
@@ -51,11 +34,11 @@ def _grads(model):
 def test_logprobs_entropy_and_gradient_are_the_models_own(arch, lora):
     model, tok = tiny_causal_lm(arch)
     if lora:
-        model = _lora(model)
+        model = random_lora(model)
     ids, mask, comp, cmask, gi = _batch(tok)
     w = torch.linspace(-1, 1, comp.numel()).view(comp.shape) * cmask  # a generic linear functional of the log-probs
     model.zero_grad()
-    logp_all = torch.log_softmax(_own_logits(model, ids, mask, comp, cmask, gi) / T, -1)
+    logp_all = torch.log_softmax(own_logits(model, ids, mask, comp, gi) / T, -1)
     want = logp_all.gather(-1, comp[..., None]).squeeze(-1)
     want_ent = -(logp_all.exp() * logp_all).sum(-1)
     (want * w).sum().backward()
@@ -76,11 +59,11 @@ def test_logprobs_entropy_and_gradient_are_the_models_own(arch, lora):
 def test_sampler_logits_are_the_models_own(arch, engine):
     """The logits every decode step samples from (prefill once, cache expanded G times) equal the model's own."""
     model, tok = tiny_causal_lm(arch)
-    model = _lora(model)
+    model = random_lora(model)
     ids, mask, comp, cmask, gi = _batch(tok)
     with torch.no_grad():
         ours = teacher_forced_logits(model, engine, ids, mask, comp, num_generations=2)
-        want = _own_logits(model, ids, mask, comp, torch.ones_like(cmask), gi)
+        want = own_logits(model, ids, mask, comp, gi)
     assert torch.allclose(ours.float(), want, atol=1e-4), (ours - want).abs().max()
     check_logits_path(model, engine)  # the trainer's one-time check passes
 
@@ -117,10 +100,12 @@ def test_check_refuses_a_decoder_without_a_kv_cache_of_layers():
         assert "no llmrl setting avoids it" in str(err.value)
 
 
-def test_adapter_on_the_output_layer_is_refused():
+@pytest.mark.parametrize("options", [dict(target_modules=["q_proj", "lm_head"]),
+                                     dict(target_modules=["q_proj"], modules_to_save=["lm_head"])])
+def test_adapter_on_the_output_layer_is_refused(options):
     model, _ = tiny_causal_lm("llama", tie_word_embeddings=False)
-    model = add_lora(model, LoraSettings(r=2, alpha=4, target_modules=["q_proj", "lm_head"]))
-    with pytest.raises(ValueError, match="lm_head.*leave lm_head out of the adapter.s target_modules"):
+    model = random_lora(model, **options)
+    with pytest.raises(ValueError, match="a peft adapter wraps the output layer .* leave lm_head out of the adapter"):
         check_logits_path(model)
 
 
@@ -140,7 +125,7 @@ def test_check_runs_16_bit_models_in_fp32_and_restores_them_exactly():
     """In bf16 the lean decoder and a KV cache differ from the full forward by rounding as large as bf16 itself;
     the check casts to fp32 for its few tokens and back, leaving every tensor (and the train/eval mode) as it was."""
     model, _ = tiny_causal_lm("llama")
-    model = _lora(model.to(torch.bfloat16)).train()
+    model = random_lora(model.to(torch.bfloat16)).train()
     before = {n: t.clone() for n, t in model.state_dict().items()}
     check_logits_path(model, "auto")
     after = model.state_dict()

@@ -5,25 +5,8 @@ import pytest
 import torch
 
 from llmrl.llm import fast_decode
-from llmrl.llm.logprobs import prompt_positions
-from llmrl.llm.model import LoraSettings, add_lora
 from llmrl.llm.sampling import decoder_for, sample_completions, teacher_forced_logits, tokenize_prompts
-from tests.llm.tiny import tiny_causal_lm, tiny_model
-
-
-def _with_lora(model, **peft_options):
-    """A LoRA adapter with non-zero B (so it changes the logits); peft_options go to peft.LoraConfig."""
-    from peft import LoraConfig, get_peft_model
-
-    if peft_options:
-        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, **{"target_modules": "all-linear", **peft_options}))
-    else:
-        model = add_lora(model, LoraSettings(r=4, alpha=8))
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n or "lora_embedding_B" in n:
-                p.normal_(0, 0.1)
-    return model
+from tests.llm.tiny import own_logits, random_lora, tiny_causal_lm, tiny_model
 
 
 ROPE = {"linear": dict(rope_type="linear", factor=2.0),
@@ -55,17 +38,10 @@ UNSUPPORTED = {
 
 
 def _prompts(tok, G=2, C=6):
+    """3 left-padded prompts, G random continuations each, and the prompt row of each continuation."""
     ids, mask = tokenize_prompts(tok, ["What is 3 + 4?", "hi", "abc d"], "cpu")
     cont = torch.randint(4, len(tok), (ids.shape[0] * G, C), generator=torch.Generator().manual_seed(0))
-    return ids, mask, cont
-
-
-def _own_logits(model, ids, mask, cont, G=2):
-    full_ids = torch.cat([ids.repeat_interleave(G, 0), cont], 1)
-    full_mask = torch.cat([mask.repeat_interleave(G, 0), torch.ones_like(cont)], 1)
-    with torch.no_grad():
-        logits = model(input_ids=full_ids, attention_mask=full_mask, position_ids=prompt_positions(full_mask)).logits
-    return logits[:, ids.shape[1] - 1:-1]
+    return ids, mask, cont, torch.arange(ids.shape[0]).repeat_interleave(G)
 
 
 @pytest.mark.parametrize("variant", list(SUPPORTED))
@@ -73,13 +49,13 @@ def test_lean_decoder_logits_are_the_models_own(variant):
     """LoRA merged, left padding, GQA, cache expanded G times: each decode step's logits equal the model's own."""
     arch, options = SUPPORTED[variant]
     model, tok = tiny_causal_lm(arch, **options)
-    model = _with_lora(model)
+    model = random_lora(model)
     assert fast_decode.supports(model)
     run, _, _ = decoder_for(model, "auto", 1, 1)
     assert isinstance(run.__self__, fast_decode.LlamaSampler)
-    ids, mask, cont = _prompts(tok)
+    ids, mask, cont, gi = _prompts(tok)
     ours = teacher_forced_logits(model, "auto", ids, mask, cont, num_generations=2)
-    assert torch.allclose(ours, _own_logits(model, ids, mask, cont), atol=1e-4)
+    assert torch.allclose(ours, own_logits(model, ids, mask, cont, gi), atol=1e-4)
 
 
 @pytest.mark.parametrize("variant", list(UNSUPPORTED))
@@ -87,22 +63,22 @@ def test_options_the_lean_decoder_lacks_use_the_models_forward(variant):
     arch, options = UNSUPPORTED[variant]
     model, tok = tiny_causal_lm(arch, **options)
     assert not fast_decode.supports(model)
-    ids, mask, cont = _prompts(tok)
+    ids, mask, cont, gi = _prompts(tok)
     ours = teacher_forced_logits(model, "auto", ids, mask, cont, num_generations=2)
-    assert torch.allclose(ours, _own_logits(model, ids, mask, cont), atol=1e-4)
+    assert torch.allclose(ours, own_logits(model, ids, mask, cont, gi), atol=1e-4)
 
 
 def test_adapters_the_lean_decoder_cannot_fold_use_the_models_forward():
     """DoRA, a LoRA bias, LoRA on the embedding or an extra layer parameter (as a q/k norm would add): not lean."""
-    variants = [lambda m: _with_lora(m, use_dora=True), lambda m: _with_lora(m, lora_bias=True),
-                lambda m: _with_lora(m, target_modules=["q_proj", "embed_tokens"])]
+    variants = [lambda m: random_lora(m, use_dora=True), lambda m: random_lora(m, lora_bias=True),
+                lambda m: random_lora(m, target_modules=["q_proj", "embed_tokens"])]
     for make in variants:
         model, tok = tiny_causal_lm("llama")
         model = make(model)
         assert not fast_decode.supports(model)
-        ids, mask, cont = _prompts(tok)
+        ids, mask, cont, gi = _prompts(tok)
         assert torch.allclose(teacher_forced_logits(model, "auto", ids, mask, cont, 2),
-                              _own_logits(model, ids, mask, cont), atol=1e-4)
+                              own_logits(model, ids, mask, cont, gi), atol=1e-4)
     model, _ = tiny_causal_lm("llama")
     assert fast_decode.supports(model)
     model.model.layers[1].self_attn.q_norm = torch.nn.LayerNorm(8)
@@ -111,7 +87,7 @@ def test_adapters_the_lean_decoder_cannot_fold_use_the_models_forward():
 
 def test_sampling_equals_the_generic_decoder():
     model, tok = tiny_model(2)
-    model = _with_lora(model)
+    model = random_lora(model)
     enc = tok(["What is 3 + 4?", "hi", "abc"], return_tensors="pt", padding=True)
     runs = [sample_completions(model, enc.input_ids, enc.attention_mask, 4, 16, [tok.eos_token_id], tok.pad_token_id,
                                temperature=0.9, top_p=0.95, generator=torch.Generator().manual_seed(5), engine=e)
@@ -122,7 +98,7 @@ def test_sampling_equals_the_generic_decoder():
 def test_disabled_adapter_gives_base_weights():
     model, _ = tiny_model(0)
     base_q = model.model.layers[0].self_attn.q_proj.weight.detach().clone()
-    model = _with_lora(model)
+    model = random_lora(model)
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
     merged, _ = fast_decode.effective_weight(layer, torch.float32)
     assert not torch.allclose(merged, base_q)

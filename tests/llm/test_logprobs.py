@@ -5,8 +5,7 @@ import torch
 
 from llmrl.llm.logprobs import (LogitsHead, chunked_token_logprobs, completion_logprobs, completion_logprobs_naive,
                                 prompt_positions)
-from llmrl.llm.model import LoraSettings, add_lora
-from tests.llm.tiny import tiny_model
+from tests.llm.tiny import random_lora, tiny_model
 
 
 def _batch(tok, seed=0, G=3, C=9):
@@ -21,12 +20,7 @@ def _batch(tok, seed=0, G=3, C=9):
 
 def _lora_model(seed=0):
     m, tok = tiny_model(seed)
-    m = add_lora(m, LoraSettings(r=4, alpha=8))
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1)
-    return m, tok
+    return random_lora(m), tok
 
 
 def _grads(model):
