@@ -8,23 +8,57 @@ the q/k/v and gate/up projections into one matmul each, (3) writes keys/values i
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .logprobs import logits_head
+from .model import unwrap_peft
+
 SUPPORTED = ("llama", "mistral", "qwen2")
+ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # cos/sin depend on the position only (not "dynamic")
+# A decoder layer's parameters, all of them implemented below; anything else (q/k norms, ...) means another model
+PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+               "mlp.up_proj", "mlp.down_proj")
+LAYER_PARAMETERS = {f"{m}.{p}" for m in PROJECTIONS for p in ("weight", "bias")} | \
+    {"input_layernorm.weight", "post_attention_layernorm.weight"}
 
 
-def _base(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+def _plain_lora(module) -> bool:
+    """A peft layer whose active adapters are all plain LoRA (no DoRA or other variant, no LoRA bias)."""
+    if not hasattr(module, "lora_A"):
+        return False
+    return all(name in module.lora_A and name not in getattr(module, "lora_variant", {})
+               and not getattr(module, "lora_bias", {}).get(name, False) for name in module.active_adapters)
 
 
 def supports(model) -> bool:
-    """True for Llama-family architectures with SiLU-gated MLPs and full (not sliding-window) attention."""
-    cfg = _base(model).config
-    return (getattr(cfg, "model_type", None) in SUPPORTED and getattr(cfg, "hidden_act", "silu") == "silu"
-            and not getattr(cfg, "use_sliding_window", False)
-            and not (cfg.model_type == "mistral" and getattr(cfg, "sliding_window", None)))
+    """True when the lean decoder computes exactly this model's forward: a Llama-family architecture with SiLU
+    MLPs, full (not sliding-window) attention, a rotary embedding whose cos/sin depend on the position only, and
+    decoder layers holding nothing but RMSNorms and q/k/v/o, gate/up/down projections (with or without bias,
+    with or without plain LoRA adapters). Anything else decodes with the model's own forward."""
+    base = unwrap_peft(model)
+    cfg = base.config
+    if getattr(cfg, "model_type", None) not in SUPPORTED or getattr(cfg, "hidden_act", None) != "silu":
+        return False
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}  # v5 / v4 name
+    if rope.get("rope_type", rope.get("type", "default")) not in ROPE_TYPES:
+        return False
+    if (any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or [])
+            or getattr(cfg, "use_sliding_window", False) or (cfg.model_type == "mistral" and cfg.sliding_window)):
+        return False
+    dec = base.get_decoder()
+    if any(hasattr(m, "base_layer") and not _plain_lora(m) for m in dec.modules()):
+        return False
+    for layer in dec.layers:
+        names = {n.replace(".base_layer", "") for n, _ in layer.named_parameters()
+                 if ".lora_A." not in n and ".lora_B." not in n}
+        if not names <= LAYER_PARAMETERS:
+            return False
+    return {n for n, _ in dec.named_parameters() if not n.startswith("layers.")} == {"embed_tokens.weight",
+                                                                                  "norm.weight"}
 
 
 def effective_weight(linear, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
@@ -42,11 +76,24 @@ def effective_weight(linear, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]
     return W.to(dtype), (None if bias is None else bias.to(dtype))
 
 
+@dataclass
+class CacheLayer:
+    """One layer's keys and values (N, n_kv, S, D), S slots allocated once and filled as tokens arrive."""
+    keys: Tensor
+    values: Tensor
+
+
+@dataclass
+class Cache:
+    layers: list[CacheLayer]
+
+
 class LlamaSampler:
-    """Prefill + cached decode for a Llama-family model with its current (LoRA-merged) weights."""
+    """The forward pass of a Llama-family model with its current (LoRA-merged) weights, for decoding: `run` has
+    the signature of `logprobs.run_decoder` on a `Cache` from `new_cache`, and `head` is the model's own."""
 
     def __init__(self, model, dtype: torch.dtype | None = None):
-        base = _base(model)
+        base = unwrap_peft(model)
         cfg, dec = base.config, base.get_decoder()
         self.dtype = dtype or next(base.parameters()).dtype
         self.cfg, self.rotary = cfg, dec.rotary_emb
@@ -68,8 +115,13 @@ class LlamaSampler:
                 gu_b=None if gu[0][1] is None else torch.cat([b for _, b in gu]),
                 down=effective_weight(mlp.down_proj, dt)))
         self.norm = dec.norm.weight.to(dt)
-        head_w, _ = effective_weight(base.get_output_embeddings(), dt)
-        self.head = head_w
+        self.head = logits_head(model).to(dt)
+
+    def new_cache(self, rows: int, length: int, device=None) -> Cache:
+        """An empty cache of `length` slots for `rows` sequences."""
+        shape = (rows, self.n_kv, length, self.head_dim)
+        return Cache([CacheLayer(torch.empty(shape, dtype=self.dtype, device=device),
+                                 torch.empty(shape, dtype=self.dtype, device=device)) for _ in self.layers])
 
     def _rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         half = x.shape[-1] // 2
@@ -80,35 +132,35 @@ class LlamaSampler:
         w, b = wb
         return F.linear(x, w, b)
 
-    def _forward(self, ids: Tensor, positions: Tensor, cache: list, start: int, key_mask: Tensor,
-                 causal: bool) -> Tensor:
-        """Run L new tokens (N, L) at cache slots [start, start + L); key_mask (N, start + L) says which cached
-        slots are real tokens. Returns the final hidden states (N, L, H)."""
+    def run(self, ids: Tensor, mask: Tensor, positions: Tensor, cache: Cache) -> tuple[Tensor, Cache]:
+        """Final hidden states (N, L, H) of L new tokens (N, L) written at cache slots [S - L, S), where
+        mask (N, S) says which of the S slots so far hold real tokens (one slot per column, as in HF)."""
         N, L = ids.shape
         nh, nkv, D = self.n_heads, self.n_kv, self.head_dim
+        end = mask.shape[1]
+        start = end - L
         x = F.embedding(ids, self.embed)
         cos, sin = self.rotary(x, positions)
         cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)  # (N, 1, L, D)
-        end = start + L
-        mask = key_mask[:, None, None, :end]  # (N, 1, 1, end), True = may attend
-        if causal:
+        attend = mask.bool()[:, None, None, :]  # (N, 1, 1, end), True = may attend
+        if L > 1:  # causal within the new tokens (one new token sees every cached slot)
             keys = torch.arange(end, device=ids.device)[None]
             query = start + torch.arange(L, device=ids.device)[:, None]
             # a padding query that sees no real key attends to itself (keeps its row finite; it is never read)
-            mask = (mask & (keys <= query)) | (keys == query)
-        for layer, (kc, vc) in zip(self.layers, cache):
+            attend = (attend & (keys <= query)) | (keys == query)
+        for layer, kv in zip(self.layers, cache.layers):
             h = F.rms_norm(x, (x.shape[-1],), layer["ln1"], self.eps)
             qkv = F.linear(h, layer["qkv"], layer["qkv_b"])
             q, k, v = qkv.split([nh * D, nkv * D, nkv * D], dim=-1)
             q = self._rope(q.view(N, L, nh, D).transpose(1, 2), cos, sin)
-            kc[:, :, start:end] = self._rope(k.view(N, L, nkv, D).transpose(1, 2), cos, sin)
-            vc[:, :, start:end] = v.view(N, L, nkv, D).transpose(1, 2)
-            a = self._attention(q, kc[:, :, :end], vc[:, :, :end], mask)
+            kv.keys[:, :, start:end] = self._rope(k.view(N, L, nkv, D).transpose(1, 2), cos, sin)
+            kv.values[:, :, start:end] = v.view(N, L, nkv, D).transpose(1, 2)
+            a = self._attention(q, kv.keys[:, :, :end], kv.values[:, :, :end], attend)
             x = x + self._linear(a.transpose(1, 2).reshape(N, L, nh * D), layer["o"])
             h = F.rms_norm(x, (x.shape[-1],), layer["ln2"], self.eps)
             g, u = F.linear(h, layer["gu"], layer["gu_b"]).chunk(2, dim=-1)
             x = x + self._linear(F.silu(g) * u, layer["down"])
-        return F.rms_norm(x, (x.shape[-1],), self.norm, self.eps)
+        return F.rms_norm(x, (x.shape[-1],), self.norm, self.eps), cache
 
     def _attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """softmax(q k^T / sqrt(D) + mask) v with grouped-query heads; q (N, nh, L, D), k/v (N, nkv, S, D)."""
@@ -120,41 +172,3 @@ class LlamaSampler:
         s = (q.view(N, nkv, nh // nkv, D) @ k.transpose(-1, -2)).float() * D ** -0.5
         p = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1).to(v.dtype)
         return (p @ v).view(N, nh, 1, D)
-
-    def logits(self, h: Tensor) -> Tensor:
-        return F.linear(h, self.head)
-
-    @torch.no_grad()
-    def generate(self, prompt_ids: Tensor, prompt_mask: Tensor, num_generations: int, max_new_tokens: int,
-                 next_token, eos: Tensor, pad_token_id: int) -> Tensor:
-        """Prefill each prompt once, copy its cache to its G rows, then decode; `next_token(logits) -> (N,)`.
-        Returns the sampled tokens (N, <= max_new_tokens), padded after EOS with pad_token_id."""
-        B, P = prompt_ids.shape
-        G, dev, dt = num_generations, prompt_ids.device, self.dtype
-        N, total = B * G, P + max_new_tokens
-        pos = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
-        pre = [(torch.empty(B, self.n_kv, P, self.head_dim, dtype=dt, device=dev),
-                torch.empty(B, self.n_kv, P, self.head_dim, dtype=dt, device=dev)) for _ in self.layers]
-        h = self._forward(prompt_ids, pos, pre, 0, prompt_mask.bool(), causal=True)
-        cache = []
-        for kc, vc in pre:
-            k = torch.empty(N, self.n_kv, total, self.head_dim, dtype=dt, device=dev)
-            v = torch.empty_like(k)
-            k[:, :, :P] = kc.repeat_interleave(G, dim=0)
-            v[:, :, :P] = vc.repeat_interleave(G, dim=0)
-            cache.append((k, v))
-        key_mask = torch.ones(N, total, dtype=torch.bool, device=dev)
-        key_mask[:, :P] = prompt_mask.bool().repeat_interleave(G, dim=0)
-        logits = self.logits(h[:, -1]).repeat_interleave(G, dim=0)
-        next_pos = prompt_mask.long().sum(-1).repeat_interleave(G)[:, None]
-        done = torch.zeros(N, dtype=torch.bool, device=dev)
-        out = []
-        for t in range(max_new_tokens):
-            tok = next_token(logits).masked_fill(done, pad_token_id)
-            out.append(tok)
-            done |= torch.isin(tok, eos)
-            if t == max_new_tokens - 1 or bool(done.all()):
-                break
-            h = self._forward(tok[:, None], next_pos + t, cache, P + t, key_mask, causal=False)
-            logits = self.logits(h[:, -1])
-        return torch.stack(out, dim=1)

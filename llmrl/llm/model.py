@@ -109,6 +109,11 @@ def load_policy(name_or_path: str | None = BUNDLED, lora: LoraSettings | None = 
     return model, tok
 
 
+def unwrap_peft(model):
+    """The transformers model inside a peft wrapper (the model itself when it has none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def add_lora(model, lora):
     """Wrap `model` with a fresh LoRA adapter (peft) from LoraSettings or a peft.LoraConfig; only the adapter
     weights require grad (kept in fp32)."""

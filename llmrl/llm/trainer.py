@@ -29,7 +29,7 @@ from .logprobs import completion_logprobs, completion_logprobs_naive
 from .model import LoraSettings, add_lora, load_adapter, load_policy
 from .reference import ReferencePolicy
 from .rewards import required_columns, resolve_reward_functions, score_completions
-from .sampling import decode_completions, sample_completions, tokenize_prompts
+from .sampling import check_logits_path, decode_completions, sample_completions, tokenize_prompts
 
 
 @dataclass
@@ -187,6 +187,7 @@ class GRPOTrainer:
         self.gen = torch.Generator(device=self.acc.device).manual_seed(cfg.seed * 1000 + self.acc.process_index)
         # --- optimization ---
         model.to(self.acc.device)
+        check_logits_path(model, cfg.sampler, cfg.shared_prefix)
         if self.reference is not None and self.reference.copy is not None:
             self.reference.copy.to(self.acc.device)
         params = [p for p in model.parameters() if p.requires_grad]

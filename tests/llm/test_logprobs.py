@@ -3,10 +3,9 @@ computation (values and gradients), and bf16 stays close to fp32."""
 import pytest
 import torch
 
-from llmrl.llm.logprobs import (chunked_token_logprobs, completion_logprobs, completion_logprobs_naive,
+from llmrl.llm.logprobs import (LogitsHead, chunked_token_logprobs, completion_logprobs, completion_logprobs_naive,
                                 prompt_positions)
-from llmrl.llm.model import LoraSettings, add_lora
-from tests.llm.tiny import tiny_model
+from tests.llm.tiny import random_lora, tiny_model
 
 
 def _batch(tok, seed=0, G=3, C=9):
@@ -21,12 +20,7 @@ def _batch(tok, seed=0, G=3, C=9):
 
 def _lora_model(seed=0):
     m, tok = tiny_model(seed)
-    m = add_lora(m, LoraSettings(r=4, alpha=8))
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1)
-    return m, tok
+    return random_lora(m), tok
 
 
 def _grads(model):
@@ -77,20 +71,29 @@ def test_shared_prefix_with_uneven_groups_and_full_finetuning():
     assert torch.allclose(res[0][1], res[1][1], atol=1e-5, rtol=1e-4)
 
 
-def test_chunked_logprobs_and_entropy_against_direct():
+@pytest.mark.parametrize("bias, scale, softcap", [(False, 1.0, None), (True, 1.0, None), (True, 0.25, None),
+                                                 (False, 1.0, 2.0), (True, 3.0, 1.5)])
+def test_chunked_logprobs_and_entropy_against_direct(bias, scale, softcap):
+    """Values, entropy and gradients (hidden, weight, bias) of the chunked path against autograd through
+    softcap(scale * (W h + b)) / T written out in full."""
     g = torch.Generator().manual_seed(0)
     h = torch.randn(3, 5, 16, generator=g, requires_grad=True)
     W = torch.randn(50, 16, generator=g, requires_grad=True)
+    b = torch.randn(50, generator=g, requires_grad=True) if bias else None
     y = torch.randint(0, 50, (3, 5), generator=g)
-    lp, ent = chunked_token_logprobs(h, W, y, temperature=0.8, chunk=4)
-    z = (h @ W.T) / 0.8
+    lp, ent = chunked_token_logprobs(h, LogitsHead(W, b, scale, softcap), y, temperature=0.8, chunk=4)
+    z = scale * (h @ W.T + (b if bias else 0))
+    if softcap:
+        z = softcap * torch.tanh(z / softcap)
+    z = z / 0.8
     ref = torch.log_softmax(z, -1).gather(-1, y[..., None])[..., 0]
     ref_ent = -(torch.softmax(z, -1) * torch.log_softmax(z, -1)).sum(-1)
     assert torch.allclose(lp, ref, atol=1e-5) and torch.allclose(ent, ref_ent, atol=1e-5)
     w = torch.randn(3, 5, generator=g)
-    gh, gW = torch.autograd.grad((lp * w).sum(), (h, W))
-    rh, rW = torch.autograd.grad((ref * w).sum(), (h, W))
-    assert torch.allclose(gh, rh, atol=1e-5) and torch.allclose(gW, rW, atol=1e-5)
+    inputs = (h, W) + ((b,) if bias else ())
+    ours, want = torch.autograd.grad((lp * w).sum(), inputs), torch.autograd.grad((ref * w).sum(), inputs)
+    for a, r in zip(ours, want):
+        assert torch.allclose(a, r, atol=1e-5)
 
 
 def test_bf16_logprobs_close_to_fp32():

@@ -1,5 +1,6 @@
 """A tiny random Llama and a character-level tokenizer with a chat template, built in well under a second, so
-the LLM tests run offline and fast. `save_tiny(dir)` writes both for code that loads by path."""
+the LLM tests run offline and fast. `save_tiny(dir)` writes both for code that loads by path; `tiny_causal_lm`
+builds a tiny model of any other architecture transformers ships."""
 from __future__ import annotations
 
 import string
@@ -82,3 +83,68 @@ def tiny_trainer(output_dir, reward_funcs=None, lora: bool = True, seed: int = 0
     kw.update(overrides)
     return GRPOTrainer(GRPOConfig(**kw), model=model, tokenizer=tok,
                        reward_funcs=reward_funcs or [length_reward], train_dataset=tiny_dataset())
+
+
+# Small sizes under the names most configs use (others map them through their `attribute_map`), then what a few
+# architectures need on top; the logit scale and soft-cap are set far from 1 / from inactive so they matter.
+TINY_SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256)
+TINY_EXTRA = {
+    "gptj": dict(rotary_dim=4),
+    "codegen": dict(rotary_dim=4),
+    "gpt_neox": dict(rotary_pct=0.5),
+    "gemma": dict(head_dim=8),
+    "gemma2": dict(head_dim=8, query_pre_attn_scalar=8, final_logit_softcapping=2.0, sliding_window=4),
+    "gemma3_text": dict(head_dim=8, query_pre_attn_scalar=8, final_logit_softcapping=2.0, sliding_window=4),
+    "granite": dict(logits_scaling=4.0),
+    "hyperclovax": dict(logits_scaling=0.25),  # multiplies the logits (Granite divides)
+    "cohere": dict(logit_scale=0.25),
+    "cohere2": dict(logit_scale=0.25, sliding_window=4),
+    "opt": dict(ffn_dim=64, word_embed_proj_dim=32),
+}
+
+
+def tiny_causal_lm(model_type: str, seed: int = 0, **overrides):
+    """A tiny random causal LM of any architecture transformers ships (by `model_type`) over the tiny tokenizer, in
+    eval mode, with random biases (they start at 0) so that a path that drops one is seen. Returns (model, tok)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tok = tiny_tokenizer()
+    kw = dict(TINY_SIZES, vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+              bos_token_id=None)
+    kw.update(TINY_EXTRA.get(model_type, {}))
+    kw.update(overrides)
+    cfg = AutoConfig.for_model(model_type, **kw)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5)
+        model.get_output_embeddings().weight.mul_(4.0)  # peaked, LM-like outputs (as `tiny_model`)
+    return model.eval(), tok
+
+
+def random_lora(model, seed: int = 1, std: float = 0.1, **peft_options):
+    """`model` with a LoRA adapter r=4 on every linear layer whose B is random (so the adapter changes the
+    logits); peft_options (use_dora, lora_bias, target_modules, ...) go to peft.LoraConfig."""
+    from peft import LoraConfig, get_peft_model
+
+    options = {"target_modules": "all-linear", **peft_options}
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, task_type="CAUSAL_LM", **options))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name or "lora_embedding_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+def own_logits(model, prompt_ids, prompt_mask, continuation, group_index):
+    """The model's own logits (N, C, V), fp32, at the positions that predict each continuation token, every
+    left-padded prompt + continuation run as one sequence: the reference every fast path is held to."""
+    ids = torch.cat([prompt_ids[group_index], continuation], 1)
+    mask = torch.cat([prompt_mask[group_index], torch.ones_like(continuation)], 1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    return logits[:, prompt_ids.shape[1] - 1:-1].float()
