@@ -91,6 +91,9 @@ def evaluate_only(cfg: GRPOConfig, output_dir_given: bool) -> dict:
     from llmrl.llm.model import find_adapter_dir, load_adapter, load_policy
     from llmrl.llm.trainer import resolve_dtype
 
+    if cfg.push_to_hub:
+        raise ValueError("--eval_only uploads nothing: drop --push_to_hub (upload a run's final/ with "
+                         "`hf upload REPO DIR`)")
     if cfg.eval_examples == 0:
         cfg.eval_examples = EVAL_ONLY_EXAMPLES
     adapter = os.path.normpath(cfg.adapter) if cfg.adapter else None

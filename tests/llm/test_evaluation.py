@@ -278,10 +278,12 @@ def test_a_refused_run_evaluates_nothing_and_writes_nothing(tmp_path, tiny_setup
     assert sorted(os.listdir(run)) == ["metrics.jsonl"]
 
 
-def test_eval_only_refuses_a_directory_without_an_adapter(tmp_path, tiny_setup):
+def test_eval_only_refuses_a_directory_without_an_adapter_and_push_to_hub(tmp_path, tiny_setup):
     model_dir, flags = tiny_setup
     with pytest.raises(FileNotFoundError, match="holds no LoRA adapter"):
         _recipe(*flags, "--eval_only", "--adapter", model_dir)
+    with pytest.raises(ValueError, match="--eval_only uploads nothing"):
+        _recipe(*flags, "--eval_only", "--push_to_hub")
     assert not os.path.exists(os.path.join(model_dir, "eval.json"))
 
 
