@@ -1,9 +1,11 @@
 """Training curves of a run: `python -m llmrl.plot RUN_DIR [--out FILE.png] [--keys k1 k2 ...]`.
 
 Reads RUN_DIR/metrics.jsonl (written by llmrl.utils.RunLogger, one JSON object with "step" per line) and draws
-one subplot per key against step. Default keys, those present: for an LLM run reward, rewards/* (per-function
-means; */std keys left out), kl, completion_length, loss; for a classic agent run episode_return (raw points and a
-moving average).
+one subplot per key against step, except the evaluation metrics (eval/accuracy, eval/pass@k), which share one
+panel; where RUN_DIR/eval.json holds accuracy before and after training, they are marked on it (at step 0 and at
+the last step). Default keys, those present: for an LLM run reward, rewards/* (per-function means; */std keys left
+out), kl, completion_length, loss, eval/*; for a classic agent run episode_return (raw points and a moving
+average).
 """
 from __future__ import annotations
 
@@ -15,8 +17,11 @@ import sys
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-LLM_KEYS = ("reward", "rewards/", "kl", "completion_length", "loss")  # "rewards/" stands for every rewards/* key
+# "rewards/" stands for every rewards/* key, "eval/" for every eval/* key
+LLM_KEYS = ("reward", "rewards/", "kl", "completion_length", "loss", "eval/")
+EVAL_PREFIX = "eval/"
 SMOOTHED_KEYS = ("episode_return",)
 
 
@@ -58,8 +63,8 @@ def default_keys(available: list[str]) -> list[str]:
     """The keys to plot when none are asked for (see the module docstring)."""
     keys = []
     for key in LLM_KEYS + SMOOTHED_KEYS:
-        if key == "rewards/":
-            keys += sorted(k for k in available if k.startswith("rewards/") and not k.endswith("std"))
+        if key in ("rewards/", EVAL_PREFIX):
+            keys += sorted(k for k in available if k.startswith(key) and not k.endswith("std"))
         elif key in available:
             keys.append(key)
     return keys
@@ -73,13 +78,48 @@ def moving_average(y: np.ndarray, window: int) -> np.ndarray:
     return (c[idx] - c[start]) / (idx - start)
 
 
+def panels(keys: list[str]) -> list[list[str]]:
+    """One panel per key, and one for all the eval/* keys together (after the others)."""
+    evals = [k for k in keys if k.startswith(EVAL_PREFIX)]
+    return [[k] for k in keys if not k.startswith(EVAL_PREFIX)] + ([evals] if evals else [])
+
+
+def before_after(run_dir: str) -> dict[str, float]:
+    """Greedy accuracy before and after training from RUN_DIR/eval.json ({} when it has none)."""
+    path = os.path.join(run_dir, "eval.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        try:
+            results = json.load(f)
+        except json.JSONDecodeError:
+            raise ValueError(f"{path} is not valid JSON") from None
+    out = {}
+    for label in ("before", "after"):
+        value = results.get(label) if isinstance(results, dict) else None
+        value = value.get("accuracy") if isinstance(value, dict) else value
+        if _is_number(value):
+            out[label] = float(value)
+    return out
+
+
 def plot_run(run_dir: str, out: str | None = None, keys: list[str] | None = None) -> str:
     """Write the curves of RUN_DIR to a PNG (default RUN_DIR/curves.png) and return its path."""
+    fig = run_figure(run_dir, keys)
+    out = out or os.path.join(run_dir, "curves.png")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=100)
+    return out
+
+
+def run_figure(run_dir: str, keys: list[str] | None = None) -> Figure:
+    """The figure plot_run draws: one panel per key (the eval/* keys and the before/after marks share one)."""
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"plot_run: run directory {run_dir} does not exist")
     path = os.path.join(run_dir, "metrics.jsonl")
     rows = read_metrics(path)
     available = numeric_keys(rows)
+    wants_eval = not keys or any(k.startswith(EVAL_PREFIX) for k in keys)
     if keys:
         unknown = [k for k in keys if k not in available]
         if unknown:
@@ -90,27 +130,35 @@ def plot_run(run_dir: str, out: str | None = None, keys: list[str] | None = None
         if not keys:
             raise ValueError(f"plot_run: none of the default keys are in {path}; pick some with --keys from: "
                              f"{', '.join(available) or 'none'}")
-    fig = Figure(figsize=(7, 2.2 * len(keys)), layout="constrained")
+    marks = before_after(run_dir) if wants_eval else {}
+    groups = panels(keys)
+    if marks and not any(k.startswith(EVAL_PREFIX) for k in keys):
+        groups.append([])  # an eval panel for the before/after marks alone
+    fig = Figure(figsize=(7, 2.2 * len(groups)), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(keys), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, key in zip(axes, keys):
-        points = [(r["step"], r[key]) for r in rows if _is_number(r.get(key))]
-        x, y = np.array(points, dtype=float).T
-        if key in SMOOTHED_KEYS:
-            window = max(1, min(50, len(y) // 10))
-            ax.plot(x, y, ".", alpha=0.3, label="raw")
-            ax.plot(x, moving_average(y, window), label=f"mean of last {window}")
+    axes = fig.subplots(len(groups), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, group in zip(axes, groups):
+        for key in group:
+            points = [(r["step"], r[key]) for r in rows if _is_number(r.get(key))]
+            x, y = np.array(points, dtype=float).T
+            if key in SMOOTHED_KEYS:
+                window = max(1, min(50, len(y) // 10))
+                ax.plot(x, y, ".", alpha=0.3, label="raw")
+                ax.plot(x, moving_average(y, window), label=f"mean of last {window}")
+            else:
+                ax.plot(x, y, marker="." if len(y) < 50 else None, label=key)
+        is_eval = not group or group[0].startswith(EVAL_PREFIX)
+        for label, value in marks.items() if is_eval else ():
+            step = 0 if label == "before" else max(r["step"] for r in rows)
+            ax.plot([step], [value], "*", markersize=12, label=f"accuracy {label} training: {value:.3f}")
+        ax.set_ylabel("eval" if is_eval else group[0])
+        if is_eval or group[0] in SMOOTHED_KEYS:
             ax.legend(loc="best", fontsize="small")
-        else:
-            ax.plot(x, y, marker="." if len(y) < 50 else None)
-        ax.set_ylabel(key)
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("step")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
-    out = out or os.path.join(run_dir, "curves.png")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=100)
-    return out
+    return fig
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from llmrl.plot import default_keys, main, moving_average, plot_run, read_metrics
+from llmrl.plot import default_keys, main, moving_average, numeric_keys, plot_run, read_metrics, run_figure
 from llmrl.utils import RunLogger
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -91,3 +91,43 @@ def test_missing_run_dir_or_metrics(tmp_path):
         main([str(tmp_path / "nope")])
     with pytest.raises(FileNotFoundError, match=r"read_metrics: .*metrics\.jsonl does not exist"):
         plot_run(str(tmp_path))
+
+
+def _eval_run(tmp_path, results=None):
+    rows = llm_rows(7)
+    for r in rows[2::2] + [rows[-1]]:
+        r.update({"eval/accuracy": 0.1 * r["step"], "eval/pass@4": 0.15 * r["step"]})
+    write_rows(tmp_path / "metrics.jsonl", rows)
+    if results is not None:
+        (tmp_path / "eval.json").write_text(json.dumps(results))
+
+
+def test_eval_metrics_share_a_panel_with_the_before_after_marks(tmp_path):
+    _eval_run(tmp_path, {"before": {"accuracy": 0.25, "n": 16}, "after": 0.5, "adapter x on d/test n=16": {}})
+    rows = read_metrics(str(tmp_path / "metrics.jsonl"))
+    assert default_keys(numeric_keys(rows))[-2:] == ["eval/accuracy", "eval/pass@4"]
+    fig = run_figure(str(tmp_path))
+    axes = fig.axes
+    assert [ax.get_ylabel() for ax in axes] == ["reward", "rewards/format", "rewards/gsm8k", "kl",
+                                                "completion_length", "loss", "eval"]
+    lines = {line.get_label(): line for line in axes[-1].get_lines()}
+    assert list(lines["eval/accuracy"].get_xdata()) == [2, 4, 6] and \
+        list(lines["eval/pass@4"].get_ydata()) == pytest.approx([0.3, 0.6, 0.9])
+    before, after = lines["accuracy before training: 0.250"], lines["accuracy after training: 0.500"]
+    assert (list(before.get_xdata()), list(before.get_ydata())) == ([0], [0.25])
+    assert (list(after.get_xdata()), list(after.get_ydata())) == ([6], [0.5])
+    assert_png(plot_run(str(tmp_path)))
+
+
+def test_before_after_marks_get_a_panel_of_their_own_and_steps_are_integers(tmp_path):
+    write_rows(tmp_path / "metrics.jsonl", llm_rows(3))
+    (tmp_path / "eval.json").write_text(json.dumps({"before": {"accuracy": 0.25}}))
+    fig = run_figure(str(tmp_path), keys=None)
+    assert fig.axes[-1].get_ylabel() == "eval" and len(fig.axes) == 7
+    fig.canvas.draw()
+    ticks = fig.axes[-1].get_xticks()
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
+    assert [ax.get_ylabel() for ax in run_figure(str(tmp_path), keys=["reward"]).axes] == ["reward"]
+    (tmp_path / "eval.json").write_text("{broken")
+    with pytest.raises(SystemExit, match=r"^llmrl-plot: .*eval\.json is not valid JSON"):
+        main([str(tmp_path)])

@@ -35,7 +35,8 @@ def find_checkpoint(output_dir: str, resume: str) -> str:
     return resume
 
 
-RUN_FILES = ("metrics.jsonl", "completions.jsonl", "config.json", "tb")
+BEST_FILE = "best_checkpoint.json"
+RUN_FILES = ("metrics.jsonl", "completions.jsonl", "config.json", "tb", BEST_FILE)
 # Settings that define a run (the model and its adapter's shape, the data order, the groups): a resumed run must
 # keep them. Every other setting may change on resume; the new value is applied and recorded in config.json.
 FIXED_ON_RESUME = ("model", "adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "dataset",
@@ -102,9 +103,31 @@ def _trainable_state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.named_parameters() if v.requires_grad}
 
 
+def update_best(trainer, step: int) -> None:
+    """trainer.best <- checkpoint-STEP when its eval metric (cfg.metric_for_best_model, measured at this very
+    step) beats the best so far (a tie keeps the earlier checkpoint, as transformers' Trainer does)."""
+    cfg, evaluation = trainer.cfg, trainer.last_eval
+    if not cfg.metric_for_best_model or evaluation is None or evaluation["step"] != step:
+        return
+    value, best = evaluation[cfg.metric_for_best_model], trainer.best
+    if best is not None and best["metric"] == cfg.metric_for_best_model and \
+            not (value > best["value"] if cfg.greater_is_better else value < best["value"]):
+        return
+    trainer.best = {"checkpoint": f"checkpoint-{step}", "step": step, "metric": cfg.metric_for_best_model,
+                    "value": value, "greater_is_better": cfg.greater_is_better}
+
+
+def write_best(trainer) -> None:
+    """output_dir/best_checkpoint.json: which checkpoint is the best, by which metric (main process)."""
+    if trainer.best is not None and trainer.best["metric"] == trainer.cfg.metric_for_best_model:
+        atomic_write_text(os.path.join(trainer.cfg.output_dir, BEST_FILE), json.dumps(trainer.best, indent=2))
+
+
 def save_checkpoint(trainer) -> str | None:
-    """Write output_dir/checkpoint-STEP atomically (all processes take part: each saves its RNG state)."""
+    """Write output_dir/checkpoint-STEP atomically (all processes take part: each saves its RNG state). The last
+    save_total_limit checkpoints are kept, and the best one by metric_for_best_model."""
     acc, cfg, step = trainer.acc, trainer.cfg, trainer.step_count
+    update_best(trainer, step)
     final = os.path.join(cfg.output_dir, f"checkpoint-{step}")
     tmp = final + ".tmp"
     if acc.is_main_process:
@@ -122,7 +145,8 @@ def save_checkpoint(trainer) -> str | None:
         torch.save({"trainable": _trainable_state(model), "reference": reference, "optimizer": trainer.opt.state_dict(),
                     "scheduler": trainer.sched.state_dict(), "kl_controller": trainer.kl_ctl.state_dict(),
                     "data": trainer.sampler.state_dict(), "step": step,
-                    "nonfinite_in_a_row": trainer.nonfinite_in_a_row, "num_processes": acc.num_processes},
+                    "nonfinite_in_a_row": trainer.nonfinite_in_a_row, "num_processes": acc.num_processes,
+                    "best": trainer.best},
                    os.path.join(tmp, "trainer_state.pt"))
         atomic_write_text(os.path.join(tmp, "config.json"), json.dumps(config_dict(cfg), indent=2))
     acc.wait_for_everyone()
@@ -133,8 +157,11 @@ def save_checkpoint(trainer) -> str | None:
                     os.fsync(f.fileno())
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+        write_best(trainer)
+        best = trainer.best["checkpoint"] if trainer.best is not None else None
         for old in list_checkpoints(cfg.output_dir)[:-cfg.save_total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
+            if os.path.basename(old) != best:
+                shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
     return final
 
@@ -162,6 +189,9 @@ def load_checkpoint(trainer, path: str) -> None:
     trainer.sampler.load_state_dict(state["data"])
     trainer.step_count = state["step"]
     trainer.nonfinite_in_a_row = state["nonfinite_in_a_row"]
+    trainer.best = state.get("best")
+    if acc.is_main_process:
+        write_best(trainer)  # a kill between the checkpoint's rename and the file's update left the older one
     rng = torch.load(os.path.join(path, f"rng_{acc.process_index}.pt"), map_location="cpu", weights_only=False)
     set_rng_state(rng["rng"])
     trainer.gen.set_state(rng["sampler_generator"])

@@ -2,6 +2,7 @@
 one exists), validated at construction with one-line errors. Recipes parse it from the command line."""
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field, fields
 
@@ -127,13 +128,36 @@ class GRPOConfig:
                                   default=3)
     save_merged: bool = _h("Also save the model with the LoRA adapter merged into its weights.", default=False)
     use_cpu: bool = _h("Train on the CPU even when a GPU is present.", default=False)
+    push_to_hub: bool = _h("Upload the final adapter (the merged model with save_merged) and its model card to the "
+                           "Hugging Face hub at the end; the token and hub are checked before training.",
+                           default=False)
+    hub_model_id: str | None = _h("Hub repository for push_to_hub, 'user/name' or 'name' (in your namespace); "
+                                  "default: the name of output_dir.", default=None)
+    hub_private_repo: bool | None = _h("Create the hub repository private (default: the hub's default).",
+                                       default=None)
     # --- evaluation ---
     eval_dataset: str | None = _h("Held-out set for greedy accuracy (default: `dataset` with eval_split).",
                                   default=None)
     eval_split: str = _h("Split of the evaluation set.", default="test")
-    eval_examples: int = _h("Questions evaluated (0 = skip evaluation).", default=0)
-    eval_batch_size: int = _h("Prompts per greedy-decoding batch during evaluation.", default=32)
+    eval_examples: int = _h("Questions evaluated: the first N rows of the eval set (0 = skip evaluation).",
+                            default=0)
+    eval_batch_size: int = _h("Sequences decoded together during evaluation (prompts per greedy batch; with "
+                              "pass@k, prompts x eval_num_samples).", default=32)
     eval_before: bool = _h("Evaluate before training too.", default=True)
+    eval_steps: int = _h("Evaluate every N training steps and at the last one (0 = off); the eval/* metrics go to "
+                         "metrics.jsonl and the trackers.", default=0)
+    eval_reward: str = _h("Reward function whose mean over greedy completions is the accuracy (1 = correct).",
+                          default="gsm8k")
+    eval_pass_k: list[int] | None = _h("Also report pass@k for these k (e.g. 1 4), from eval_num_samples completions "
+                                       "per question sampled at the training temperature (Chen et al. 2021's "
+                                       "unbiased estimator; needs a 0/1 eval_reward).", default=None)
+    eval_num_samples: int | None = _h("n: completions sampled per question for pass@k (default: the largest k).",
+                                      default=None)
+    metric_for_best_model: str | None = _h("Eval metric that picks the best checkpoint (accuracy or pass@k; needs "
+                                           "eval_steps); it is never deleted by save_total_limit and "
+                                           "output_dir/best_checkpoint.json names it.", default=None)
+    greater_is_better: bool | None = _h("Whether a larger metric_for_best_model is better (default: yes).",
+                                        default=None)
     # --- speed ---
     shared_prefix: bool = _h("Compute each prompt once per group in the log-prob forward (exact).", default=True)
     sampler: str = _h("Decoding engine: 'auto' (fast Llama-family decoder when supported) | 'hf'.", default="auto")
@@ -228,6 +252,44 @@ class GRPOConfig:
                 raise ValueError(f"GRPOConfig: {e}") from e
         need(self.save_total_limit >= 1, f"save_total_limit must be >= 1, got {self.save_total_limit}")
         need(self.max_nonfinite_steps >= 1, f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
+        # accelerate drops a tracker whose package is missing without a word
+        for tracker in [self.report_to] if isinstance(self.report_to, str) else self.report_to:
+            need(tracker in ("none", "all") or importlib.util.find_spec(tracker) is not None,
+                 f"report_to {tracker!r} needs the {tracker} package: pip install {tracker} (for wandb: "
+                 f"pip install 'llmrl[wandb]'), or drop it from report_to")
+        # --- evaluation ---
+        need(self.eval_examples >= 0, f"eval_examples must be >= 0, got {self.eval_examples}")
+        need(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        need(self.eval_steps >= 0, f"eval_steps must be >= 0, got {self.eval_steps}")
+        need(not self.eval_steps or self.eval_examples > 0,
+             f"eval_steps={self.eval_steps} evaluates eval_examples questions: set eval_examples > 0")
+        try:
+            resolve_reward_functions(names=[self.eval_reward])
+        except ValueError as e:
+            raise ValueError(f"GRPOConfig: eval_reward: {e}") from e
+        if self.eval_pass_k:
+            need(all(k >= 1 for k in self.eval_pass_k), f"eval_pass_k must be >= 1, got {self.eval_pass_k}")
+            if self.eval_num_samples is None:
+                self.eval_num_samples = max(self.eval_pass_k)
+            need(self.eval_num_samples >= max(self.eval_pass_k),
+                 f"eval_num_samples ({self.eval_num_samples}) must be >= the largest eval_pass_k "
+                 f"({max(self.eval_pass_k)}): pass@k picks k of the n samples")
+        else:
+            need(self.eval_num_samples is None, "eval_num_samples is set but eval_pass_k is not: give the k values")
+        if self.metric_for_best_model is not None:
+            metric = self.metric_for_best_model.removeprefix("eval/").removeprefix("eval_")
+            known = ["accuracy"] + [f"pass@{k}" for k in self.eval_pass_k or []]
+            need(metric in known, f"metric_for_best_model {self.metric_for_best_model!r} is not an eval metric of "
+                                  f"this run; choose one of {', '.join(known)}")
+            self.metric_for_best_model = f"eval/{metric}"
+            need(self.eval_steps > 0, "metric_for_best_model needs eval_steps > 0 (the metric comes from them)")
+            need(self.save_steps % self.eval_steps == 0,
+                 f"metric_for_best_model: save_steps ({self.save_steps}) must be a multiple of eval_steps "
+                 f"({self.eval_steps}) so that every checkpoint has its eval metric")
+            if self.greater_is_better is None:
+                self.greater_is_better = True
+        # --- sharing ---
+        need(not self.hub_model_id or self.push_to_hub, "hub_model_id is set but push_to_hub is not")
 
     def _apply_trl_names(self, need) -> None:
         """Move each TRL-named setting onto the llmrl setting it means (then clear it, so config.json records each

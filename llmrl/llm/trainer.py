@@ -20,11 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from .. import objectives
-from ..utils import RunLogger, config_dict, seed_everything, truncate_jsonl
+from ..utils import RunLogger, seed_everything, truncate_jsonl
 from . import checkpoint as ckpt
+from . import hub, tracking
 from .config import GRPOConfig
 from .data import PromptSampler, check_prompt_dataset, load_prompt_dataset, make_prompt, row_prompt
-from .evaluation import greedy_eval
+from .evaluation import eos_token_ids, evaluate_policy, load_eval_dataset
 from .logprobs import completion_logprobs, completion_logprobs_naive
 from .model import LoraSettings, add_lora, load_adapter, load_policy
 from .reference import ReferencePolicy
@@ -171,9 +172,7 @@ class GRPOTrainer:
         # pi_ref = the policy as it is now, before any update (llmrl/llm/reference.py); only with a KL term
         self.reference = ReferencePolicy(model) if cfg.beta > 0 else None
         self.autocast_dtype = torch.bfloat16 if (self.dtype == torch.bfloat16 and not self.is_peft) else None
-        self.eos_ids = sorted({i for i in [tokenizer.eos_token_id, model.config.eos_token_id,
-                                           *(_as_list(getattr(model.generation_config, "eos_token_id", None)))]
-                               if i is not None})
+        self.eos_ids = eos_token_ids(model, tokenizer)
         # --- rewards and data ---
         self.reward_funcs = resolve_reward_functions(reward_funcs, cfg.reward_weights, cfg.reward_funcs)
         if train_dataset is None:
@@ -206,6 +205,9 @@ class GRPOTrainer:
                                                                                    cfg.kl_horizon)}[cfg.kl_controller]()
         self.step_count, self.nonfinite_in_a_row = 0, 0
         self.logger = None
+        self.last_eval: dict | None = None   # {"step", "eval/...": value} of the latest evaluation in train()
+        self.best: dict | None = None        # the best checkpoint by metric_for_best_model (checkpoint.update_best)
+        self.hub_repo_id: str | None = None  # where push_to_hub uploads, once check_push_to_hub has passed
 
     def _load_model(self, peft_config=None):
         """The policy from config.model: + a new LoRA adapter, + the trained adapter config.adapter, or all
@@ -505,6 +507,7 @@ class GRPOTrainer:
         return m
 
     def _log_completions(self, batch: RolloutBatch, step: int) -> None:
+        """This step's completions (every process's) to completions.jsonl, and a table of them to the trackers."""
         rows = [{"step": step, "prompt": batch.info["prompts"][int(gi)], "completion": t,
                  "rewards": {k: (None if math.isnan(v[i]) else float(v[i])) for k, v in batch.info["per_func"].items()},
                  "reward": float(batch.rewards[i]), "advantage": float(batch.advantages[i])}
@@ -514,6 +517,7 @@ class GRPOTrainer:
             with open(os.path.join(self.cfg.output_dir, "completions.jsonl"), "a") as f:
                 for row in rows:
                     f.write(json.dumps(row) + "\n")
+            tracking.log_completions_table(self.acc, rows, step)
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> list[dict]:
@@ -522,6 +526,11 @@ class GRPOTrainer:
         from tqdm.auto import tqdm
 
         cfg, acc = self.cfg, self.acc
+        # what can refuse the run comes before anything is written
+        if cfg.push_to_hub and self.hub_repo_id is None:
+            self.check_push_to_hub()
+        if cfg.eval_steps:
+            self.eval_dataset = load_eval_dataset(cfg, self.tok, self.eval_dataset)
         os.makedirs(cfg.output_dir, exist_ok=True)
         if self._resume is not None:
             path, changed = self._resume
@@ -534,15 +543,15 @@ class GRPOTrainer:
             for name in ("metrics.jsonl", "completions.jsonl"):  # drop what a killed run logged past its checkpoint
                 truncate_jsonl(os.path.join(cfg.output_dir, name), self.step_count)
             self.logger = RunLogger(cfg.output_dir, tensorboard=False, append=True)  # metrics.jsonl for llmrl-plot
-        if acc.log_with:  # TensorBoard (default), wandb, ... through accelerate's trackers
-            acc.init_trackers("tb", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                                            for k, v in config_dict(cfg).items()})
+        tracking.init_trackers(acc, cfg)  # TensorBoard (default), wandb, ... through accelerate
         history = []
         bar = tqdm(total=cfg.max_steps, initial=self.step_count, disable=not acc.is_main_process, desc="grpo",
                    unit="step")
         with _StopOnInterrupt(acc, bar) as interrupt:
             while self.step_count < cfg.max_steps:
                 metrics, batch = self.step()
+                if cfg.eval_steps and (self.step_count % cfg.eval_steps == 0 or self.step_count == cfg.max_steps):
+                    metrics.update(self._evaluate_during_training())
                 history.append(metrics)
                 self._log_step(metrics, batch, bar)
                 stop = interrupt.requested()
@@ -564,12 +573,17 @@ class GRPOTrainer:
 
     def _log_step(self, metrics: dict, batch: RolloutBatch, bar) -> None:
         cfg, acc = self.cfg, self.acc
-        if self.step_count % cfg.logging_steps == 0:
+        evaluation = {k: v for k, v in metrics.items() if k.startswith("eval/")}
+        logging_step = self.step_count % cfg.logging_steps == 0
+        if logging_step or evaluation:  # eval metrics are logged at their step whatever logging_steps is
+            logged = metrics if logging_step else evaluation
             if acc.is_main_process:
-                self.logger.log(metrics, self.step_count)
-            acc.log(metrics, step=self.step_count)
-            if cfg.log_completions:
-                self._log_completions(batch, self.step_count)
+                self.logger.log(logged, self.step_count)
+            acc.log(logged, step=self.step_count)
+        if logging_step and cfg.log_completions:
+            self._log_completions(batch, self.step_count)
+        if evaluation and acc.is_main_process:
+            bar.write(f"step {self.step_count}: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items()))
         if metrics["frac_zero_std_groups"] == 1.0 and acc.is_main_process:
             bar.write(f"step {self.step_count}: every group's completions got the same reward: no learning "
                       f"signal this step (raise num_generations or temperature, or use a denser reward)")
@@ -591,33 +605,51 @@ class GRPOTrainer:
                   flush=True)
 
     # ------------------------------------------------------------------ evaluation and the final model
-    def evaluate(self, dataset, n: int, reward: str = "gsm8k") -> dict:
-        """Greedy accuracy (mean of the reward function `reward`, 1 = correct) on the first n rows of `dataset`;
-        the processes split the rows and their counts are summed."""
-        cfg, acc = self.cfg, self.acc
-        rows = [dataset[i] for i in range(min(n, len(dataset)))][acc.process_index::acc.num_processes]
-        self.model.eval()
+    def evaluate(self, dataset=None, n: int | None = None, reward: str | None = None, desc: str = "eval",
+                 leave: bool = True) -> dict:
+        """Greedy accuracy (mean of the reward function `reward`, default cfg.eval_reward; 1 = correct) and pass@k
+        (cfg.eval_pass_k) on the first n (default cfg.eval_examples) rows of `dataset` (default the eval set);
+        the processes split the rows and their counts are summed (llmrl.llm.evaluation.evaluate_policy)."""
+        cfg = self.cfg
+        if dataset is None:
+            if self.eval_dataset is None:
+                self.eval_dataset = load_eval_dataset(cfg, self.tok)
+            dataset = self.eval_dataset
         try:
             with self._autocast():
-                res = greedy_eval(self.model, self.tok, rows, reward, cfg.prompt_column, cfg.system_prompt,
-                                  cfg.max_new_tokens, cfg.eval_batch_size, self.eos_ids, cfg.sampler)
+                return evaluate_policy(self.model, self.tok, dataset, cfg.eval_examples if n is None else n, cfg,
+                                       self.eos_ids, self.acc, reward, desc, leave)
         except RuntimeError as e:
             raise (out_of_memory_hint(e, "evaluation") or e) from e
-        self.model.train()
-        counts = acc.reduce(torch.tensor([res["correct"], float(len(rows))], device=acc.device), "sum")
-        return {"accuracy": (counts[0] / counts[1].clamp(min=1)).item(), "n": int(counts[1].item()),
-                "samples": res["samples"]}
+
+    def _evaluate_during_training(self) -> dict:
+        """eval/accuracy and eval/pass@k on the eval set at this step (remembered for best-checkpoint tracking)."""
+        res = self.evaluate(desc=f"eval at step {self.step_count}", leave=False)
+        metrics = {f"eval/{k}": v for k, v in res.items() if k == "accuracy" or k.startswith("pass@")}
+        self.last_eval = {"step": self.step_count, **metrics}
+        return metrics
 
     def save_final(self, merged: bool = False) -> str:
-        """Save the trained adapter (peft format) or model, with the tokenizer, to output_dir/final; with
-        `merged`, also the model with the adapter folded into its weights to output_dir/final-merged."""
-        acc, out = self.acc, os.path.join(self.cfg.output_dir, "final")
+        """Save the trained adapter (peft format) or model, with the tokenizer and a model card (README.md), to
+        output_dir/final; with `merged`, also the model with the adapter folded into its weights to
+        output_dir/final-merged. With cfg.push_to_hub, upload the adapter (the merged model with `merged`)."""
+        cfg, acc, out = self.cfg, self.acc, os.path.join(self.cfg.output_dir, "final")
+        if cfg.push_to_hub and self.hub_repo_id is None:
+            self.check_push_to_hub()
+        merged = merged and self.is_peft
+        pushed = out + "-merged" if merged else out
         if acc.is_main_process:
             save_policy(self.model, out)
             self.tok.save_pretrained(out)
-            if merged and self.is_peft:
+            hub.write_model_card(out, cfg, list(self.reward_funcs), "adapter" if self.is_peft else "model",
+                                 location=None if merged else self.hub_repo_id)
+            if merged:
                 save_merged(self.model, out + "-merged")
                 self.tok.save_pretrained(out + "-merged")
+                hub.write_model_card(out + "-merged", cfg, list(self.reward_funcs), "merged", location=self.hub_repo_id)
+            if cfg.push_to_hub:
+                url = hub.push_folder(pushed, self.hub_repo_id, cfg.hub_private_repo)
+                print(f"pushed {pushed} to {url}", flush=True)
         acc.wait_for_everyone()
         return out
 
@@ -630,6 +662,12 @@ class GRPOTrainer:
             self.tok.save_pretrained(out)
         self.acc.wait_for_everyone()
         return out
+
+    def check_push_to_hub(self) -> str:
+        """The hub repository push_to_hub will upload to; a one-line RuntimeError now, before any training, when
+        there is no token, the hub is not reachable or refuses the token (llmrl.llm.hub.check_hub_access)."""
+        self.hub_repo_id = hub.check_hub_access(self.cfg.hub_model_id, self.cfg.output_dir)
+        return self.hub_repo_id
 
     def close(self):
         """Tear down the process group (multi-process runs) once all collective work is done; without it, a
@@ -736,7 +774,3 @@ def save_merged(model, path: str) -> None:
 
 def _targets(modules: list[str]) -> list[str] | str:
     return "all-linear" if modules == ["all-linear"] else list(modules)
-
-
-def _as_list(x) -> list:
-    return [] if x is None else (list(x) if isinstance(x, (list, tuple)) else [x])

@@ -15,6 +15,8 @@ from llmrl.llm.rewards import REWARD_FUNCTIONS  # noqa: E402
 from tests.llm.tiny import length_reward  # noqa: E402
 
 REWARD_FUNCTIONS["length"] = length_reward
+# a 0/1 reward whose value varies between sampled completions (pass@k needs one; the tiny model never solves a sum)
+REWARD_FUNCTIONS["length01"] = lambda prompts, completions, **kw: [float(len(c) % 2 == 0) for c in completions]
 
 if __name__ == "__main__":
     from recipes.grpo_gsm8k import main

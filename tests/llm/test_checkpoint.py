@@ -32,15 +32,19 @@ def _metrics(out):
 
 
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
+    """With evaluation during training on (greedy and sampled pass@k): its sampling must not move the training
+    sampler's RNG stream, and its results are part of what must come out the same."""
     model_dir = save_tiny(tmp_path / "model")
     data = str(tmp_path / "data.jsonl")
     tiny_dataset(24).to_json(data)
+    evaluation = ["--eval_steps", "3", "--eval_examples", "3", "--eval_pass_k", "1", "2", "--eval_reward", "length01",
+                  "--eval_before", "false"]
     a = str(tmp_path / "a")
-    res = _run(model_dir, data, a)
+    res = _run(model_dir, data, a, *evaluation)
     assert res.returncode == 0, res.stderr[-2000:]
 
     b = str(tmp_path / "b")
-    proc = _run(model_dir, data, b, wait=False)
+    proc = _run(model_dir, data, b, *evaluation, wait=False)
     deadline = time.time() + 240
     while time.time() < deadline and len(ckpt.list_checkpoints(b)) == 0:  # kill somewhere after a first save
         time.sleep(0.05)
@@ -49,12 +53,14 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     proc.wait()
     assert ckpt.list_checkpoints(b), "the run was killed before any checkpoint"
     assert not os.path.exists(f"{b}/final"), "the run finished before it was killed; the test proves nothing"
-    res = _run(model_dir, data, b, "--resume", "latest")
+    res = _run(model_dir, data, b, "--resume", "latest", *evaluation)
     assert res.returncode == 0, res.stderr[-2000:]
 
     wa, wb = load_file(f"{a}/final/adapter_model.safetensors"), load_file(f"{b}/final/adapter_model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert _metrics(a) == _metrics(b)
+    assert [r["step"] for r in _metrics(a) if "eval/pass@2" in r] == list(range(3, 40, 3)) + [40]
+    assert json.load(open(f"{a}/eval.json"))["after"]["pass@2"] == json.load(open(f"{b}/eval.json"))["after"]["pass@2"]
     base = load_file(f"{a}/checkpoint-40/adapter/adapter_model.safetensors")
     assert any(not torch.equal(base[k], torch.zeros_like(base[k])) for k in base if "lora_B" in k)  # it learned
 

@@ -130,7 +130,7 @@ def test_tokenize_prompts_left_pads_without_touching_the_tokenizer():
 def test_right_padding_tokenizer_gives_what_each_prompt_gives_alone():
     """Greedy completions (both decoders, and the trainer's evaluation) and log-probs (shared-prefix and naive) of a
     batch tokenized with a right-padding tokenizer equal those of each prompt tokenized and decoded on its own."""
-    from llmrl.llm.trainer import greedy_eval
+    from llmrl.llm.evaluation import greedy_eval
 
     m, tok = tiny_model(3)
     tok.padding_side = "right"
