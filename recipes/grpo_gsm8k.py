@@ -89,7 +89,7 @@ def evaluate_only(cfg: GRPOConfig, output_dir_given: bool) -> dict:
 
     from llmrl.llm.evaluation import eos_token_ids
     from llmrl.llm.model import find_adapter_dir, load_adapter, load_policy
-    from llmrl.llm.trainer import resolve_dtype
+    from llmrl.llm.model import resolve_dtype
 
     if cfg.push_to_hub:
         raise ValueError("--eval_only uploads nothing: drop --push_to_hub (upload a run's final/ with "

@@ -121,13 +121,19 @@ def load_prompt_dataset(spec: str, split: str | None = None, config_name: str | 
     if _looks_local(spec):
         raise FileNotFoundError(f"load_prompt_dataset: local path {spec!r} does not exist")
     config_name = config_name or _DEFAULT_CONFIGS.get(spec)
+    what = (f"load_prompt_dataset: {spec!r} is not a local path or bundled dataset ({', '.join(BUNDLED_DATASETS)}) "
+            f"and")
+    fix = "pass a local .jsonl/.json/.parquet/.csv file or directory"
+    if not datasets.config.HF_HUB_OFFLINE:  # fail at once, not after a minute of retries
+        from .hub import hub_unreachable
+        why = hub_unreachable()
+        if why:
+            raise ConnectionError(f"{what} {why}; {fix}")
     try:
         return datasets.load_dataset(spec, config_name, split=split or "train")
     except Exception as e:
-        raise RuntimeError(f"load_prompt_dataset: {spec!r} is not a local path or bundled dataset "
-                           f"({', '.join(BUNDLED_DATASETS)}) and loading it from the Hugging Face hub failed (the "
-                           f"hub must be reachable; or pass a local .jsonl/.json/.parquet/.csv file or directory)"
-                           f"\n{type(e).__name__}: {e}") from e
+        detail = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        raise RuntimeError(f"{what} loading it from the Hugging Face hub failed ({detail}); {fix}") from e
 
 
 def _is_missing(value: Any) -> bool:

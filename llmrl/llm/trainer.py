@@ -27,7 +27,7 @@ from .config import GRPOConfig
 from .data import PromptSampler, check_prompt_dataset, load_prompt_dataset, make_prompt, row_prompt
 from .evaluation import eos_token_ids, evaluate_policy, load_eval_dataset
 from .logprobs import completion_logprobs, completion_logprobs_naive
-from .model import LoraSettings, add_lora, load_adapter, load_policy
+from .model import LoraSettings, add_lora, load_adapter, load_policy, lora_targets, resolve_dtype
 from .reference import ReferencePolicy
 from .rewards import required_columns, resolve_reward_functions, score_completions
 from .sampling import check_logits_path, decode_completions, sample_completions, tokenize_prompts
@@ -102,19 +102,6 @@ class LogprobModel(nn.Module):
     def forward(self, prompt_ids, prompt_mask, completion_ids, completion_mask, group_index):
         return self.fn(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask, group_index,
                        self.temperature, self.chunk)
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    """'auto' -> bfloat16 where matmuls in bf16 are fast (CUDA with bf16, CPUs with AVX512_BF16/AMX), else fp32."""
-    if name != "auto":
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    try:
-        fast = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    except (AttributeError, RuntimeError):
-        fast = False
-    return torch.bfloat16 if fast else torch.float32
 
 
 def out_of_memory_hint(err: BaseException, phase: str) -> RuntimeError | None:
@@ -229,7 +216,7 @@ class GRPOTrainer:
             return model, tok
         r = 16 if cfg.lora_r is None else cfg.lora_r
         lora = LoraSettings(r, 2 * r if cfg.lora_alpha is None else cfg.lora_alpha, cfg.lora_dropout,
-                            _targets(cfg.lora_target_modules))
+                            lora_targets(cfg.lora_target_modules))
         return load_policy(cfg.model, lora, self.dtype)
 
     # ------------------------------------------------------------------ helpers
@@ -770,7 +757,3 @@ def save_merged(model, path: str) -> None:
     if REFERENCE_ADAPTER in full.peft_config:
         full.delete_adapter(REFERENCE_ADAPTER)
     full.merge_and_unload().save_pretrained(path)
-
-
-def _targets(modules: list[str]) -> list[str] | str:
-    return "all-linear" if modules == ["all-linear"] else list(modules)

@@ -1,0 +1,37 @@
+"""Mistakes a newcomer makes get one-line answers, at once (issue 19.6): a local model path that does not exist,
+a hub id or hub dataset while the hub is unreachable."""
+import time
+
+import pytest
+
+from llmrl.llm.data import load_prompt_dataset
+from llmrl.llm.model import load_policy, resolve_model
+
+UNREACHABLE = "http://127.0.0.1:9"  # nothing listens on the discard port: the connection is refused at once
+
+
+def test_missing_local_model_directory_says_so():
+    for path in ("runs/nothing/final", "./missing", "/no/such/dir", "runs/x/"):
+        with pytest.raises(FileNotFoundError) as e:
+            resolve_model(path)
+        assert "does not exist" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_hub_model_without_network_fails_fast_in_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_ENDPOINT", UNREACHABLE)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache: nothing to fall back on
+    t = time.time()
+    with pytest.raises(ConnectionError) as e:
+        load_policy("someorg/some-model", None)
+    assert time.time() - t < 10
+    msg = str(e.value)
+    assert "not reachable" in msg and "local directory" in msg and "\n" not in msg
+
+
+def test_hub_dataset_without_network_fails_fast_in_one_line(monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", UNREACHABLE)
+    t = time.time()
+    with pytest.raises(ConnectionError) as e:
+        load_prompt_dataset("someorg/some-dataset")
+    assert time.time() - t < 10
+    assert "not reachable" in str(e.value) and "local .jsonl" in str(e.value) and "\n" not in str(e.value)
