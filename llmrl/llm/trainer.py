@@ -183,8 +183,11 @@ class GRPOTrainer:
                                 weight_decay=cfg.weight_decay)
         sched = get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=cfg.warmup_steps,
                               num_training_steps=cfg.max_steps * cfg.num_iterations)
-        self.policy, self.opt, self.sched = self.acc.prepare(
-            LogprobModel(model, cfg.temperature, cfg.logprob_chunk, cfg.shared_prefix), opt, sched)
+        # The scheduler is not prepared: accelerate's prepared scheduler steps once per process at every step(),
+        # which would run the schedule num_processes times too fast.
+        self.policy, self.opt = self.acc.prepare(
+            LogprobModel(model, cfg.temperature, cfg.logprob_chunk, cfg.shared_prefix), opt)
+        self.sched = sched
         self.model = model  # the unwrapped policy (sampling, reference, saving)
         self.kl_ctl = {"fixed": lambda: objectives.FixedKLController(cfg.beta),
                        "adaptive": lambda: objectives.AdaptiveKLController(cfg.beta, cfg.kl_target),

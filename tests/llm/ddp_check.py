@@ -58,6 +58,17 @@ def advantages():
     torch.save(got, os.path.join(out, f"advantages_{world}_{rank}.pt"))
 
 
+def schedule():
+    """The learning-rate schedule advances one step per optimizer step, whatever the process count."""
+    tr = tiny_trainer(os.path.join(out, "sched"), per_device_batch_size=B * G, lr_scheduler="linear",
+                      learning_rate=1e-2, max_steps=4)
+    lrs = []
+    for _ in range(3):
+        tr.step()
+        lrs.append(tr.sched.get_last_lr()[0])
+    torch.save(lrs, os.path.join(out, f"schedule_{world}_{rank}.pt"))
+
+
 def dynamic_sampling():
     """Each rank fills its batch with groups that carry a learning signal; the ranks stay in lockstep."""
     from tests.llm.test_dapo import _flat_on_some_prompts
@@ -74,6 +85,6 @@ def dynamic_sampling():
 
 
 for loss in sys.argv[2:]:  # several loss types in one launch (one process group)
-    {"advantages": advantages, "dynamic": dynamic_sampling}.get(loss, lambda: run(loss))()
+    {"advantages": advantages, "dynamic": dynamic_sampling, "schedule": schedule}.get(loss, lambda: run(loss))()
 if torch.distributed.is_initialized():
     torch.distributed.destroy_process_group()

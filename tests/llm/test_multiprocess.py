@@ -46,6 +46,15 @@ def test_batch_statistics_are_over_the_global_batch(tmp_path):
     torch.testing.assert_close(one["reinforce_group"], rewards - rewards.mean())  # by hand, one process
 
 
+def test_learning_rate_schedule_is_per_step_under_two_processes(tmp_path):
+    """accelerate's prepared scheduler stepped once per process: a 2-process run decayed twice as fast."""
+    _launch(1, str(tmp_path), "schedule")
+    _launch(2, str(tmp_path), "schedule")
+    want = [1e-2 * (4 - k) / 4 for k in (1, 2, 3)]  # linear decay to 0 over max_steps = 4, by hand
+    for name in ("schedule_1_0.pt", "schedule_2_0.pt", "schedule_2_1.pt"):
+        assert torch.load(tmp_path / name) == pytest.approx(want), name
+
+
 def test_dynamic_sampling_under_two_processes(tmp_path):
     """Issue 17.3: every rank's batch is full of groups with a learning signal, and the ranks take the same number
     of generation rounds per step (their data order stays aligned) and end with the same weights."""
