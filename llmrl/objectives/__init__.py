@@ -11,6 +11,7 @@ from .kl import (AdaptiveKLController, FixedKLController, ProportionalKLControll
 from .losses import (AGGREGATIONS, aggregate, entropy, grpo_loss, huber_loss, kl_penalized_loss, log_ratio,
                      policy_gradient_loss, ppo_clip_loss, ppo_clip_objective,
                      surrogate_loss)
+from .preference import bradley_terry_loss, pairwise_accuracy
 from .returns import discounted_returns, double_q_values, gae, n_step_returns, td_target
 from .trust_region import conjugate_gradient, fisher_vector_product, trust_region_step
 
@@ -24,4 +25,5 @@ __all__ = [
     "kl_penalized_loss", "grpo_loss", "entropy", "huber_loss", "surrogate_loss",
     "conjugate_gradient", "fisher_vector_product", "trust_region_step",
     "dueling_q_values", "n_step_sums", "per_priorities", "importance_sampling_weights",
+    "bradley_terry_loss", "pairwise_accuracy",
 ]
