@@ -4,6 +4,9 @@ from .config import GRPOConfig
 from .model import LoraSettings, load_policy, load_tokenizer
 from .rewards import REWARD_FUNCTIONS, extract_gsm8k_answer, format_reward, gsm8k_reward, score_completions
 from .trainer import GRPOTrainer, Rollout
+from .reward_model import RewardModelScorer, load_reward_model, sequence_scores
+from .reward_trainer import RewardConfig, RewardTrainer
 
 __all__ = ["GRPOConfig", "GRPOTrainer", "Rollout", "LoraSettings", "load_policy", "load_tokenizer",
            "REWARD_FUNCTIONS", "extract_gsm8k_answer", "gsm8k_reward", "format_reward", "score_completions"]
+__all__ += ["RewardConfig", "RewardTrainer", "RewardModelScorer", "load_reward_model", "sequence_scores"]

@@ -82,3 +82,19 @@ def tiny_trainer(output_dir, reward_funcs=None, lora: bool = True, seed: int = 0
     kw.update(overrides)
     return GRPOTrainer(GRPOConfig(**kw), model=model, tokenizer=tok,
                        reward_funcs=reward_funcs or [length_reward], train_dataset=tiny_dataset())
+
+
+def tiny_reward_model(seed: int = 0, layers: int = 2, hidden: int = 32):
+    """The tiny Llama with a scalar head (LlamaForSequenceClassification, num_labels=1) and its tokenizer."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tok = tiny_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, num_labels=1,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(cfg)
+    with torch.no_grad():  # as tiny_model: a larger embedding scale gives states that differ more between tokens
+        model.model.embed_tokens.weight.mul_(4.0)
+        model.score.weight.normal_(0, 1.0)
+    return model, tok
