@@ -51,7 +51,7 @@ class PreferenceDataConfig:
     top_p: float = _h("Nucleus sampling mass.", default=_GRPO.top_p)
     top_k: int = _h("Top-k sampling (0 = off).", default=_GRPO.top_k)
     reward_funcs: list[str] = _h("Rule-based checkers; a completion is accepted when every one gives it 1.",
-                                 default_factory=lambda: list(_GRPO.reward_funcs))
+                                 default_factory=lambda: ["gsm8k", "format"])
     batch_size: int = _h("Questions per sampling batch.", default=8)
     out: str = _h("Output directory for train.jsonl and test.jsonl.", default="runs/arithmetic_preferences")
     seed: int = _h("Seed for the question order, sampling and pairing.", default=0)
@@ -79,7 +79,7 @@ def generate_preference_pairs(model, tokenizer, rows: list[dict], reward_funcs, 
                               pairs_per_prompt: int = 4, max_new_tokens: int = 128, temperature: float = 1.0,
                               top_p: float = 1.0, top_k: int = 0, prompt_column: str = "question",
                               system_prompt: str | None = None, batch_size: int = 8, seed: int = 0,
-                              engine: str = "auto") -> tuple[list[dict], dict]:
+                              engine: str = "auto", progress: bool = False) -> tuple[list[dict], dict]:
     """Sample `num_generations` completions per row, label them with `reward_funcs` (names from REWARD_FUNCTIONS,
     or functions as the RL trainer takes them; accepted = every function returns 1), and pair accepted with
     rejected completions of the same prompt (label_pairs).
@@ -87,6 +87,8 @@ def generate_preference_pairs(model, tokenizer, rows: list[dict], reward_funcs, 
     Returns (preference rows in TRL's conversational format, stats: completions, accepted fraction, prompts with at
     least one pair, pairs)."""
     names = isinstance(reward_funcs, (list, tuple)) and all(isinstance(f, str) for f in reward_funcs)
+    from tqdm.auto import tqdm
+
     funcs = get_reward_functions(reward_funcs) if names else reward_funcs
     device = next(model.parameters()).device
     eos_ids = sorted({i for i in [tokenizer.eos_token_id, model.config.eos_token_id,
@@ -95,7 +97,7 @@ def generate_preference_pairs(model, tokenizer, rows: list[dict], reward_funcs, 
     rng = random.Random(seed)
     model.eval()
     out, n_accepted, n_paired = [], 0, 0
-    for s in range(0, len(rows), batch_size):
+    for s in tqdm(range(0, len(rows), batch_size), desc="sampling", unit="batch", disable=not progress):
         batch = rows[s:s + batch_size]
         prompts = [make_prompt(row, prompt_column, system_prompt) for row in batch]
         ids, mask = tokenize_prompts(tokenizer, prompts, device)
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows, stats = generate_preference_pairs(
             model, tok, [data[i] for i in order], cfg.reward_funcs, cfg.num_generations, cfg.pairs_per_prompt,
             cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, cfg.prompt_column, cfg.system_prompt,
-            cfg.batch_size, cfg.seed + (name == "test"))
+            cfg.batch_size, cfg.seed + (name == "test"), progress=True)
         atomic_write_text(os.path.join(cfg.out, f"{name}.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
         report[name] = stats
         print(f"{name}: {stats['pairs']} pairs from {n} questions ({stats['prompts_with_pairs']} with a pair; "

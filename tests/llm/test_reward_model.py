@@ -188,13 +188,15 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
 def test_full_fine_tuning_and_a_model_loaded_by_path(tmp_path):
     """lora_r=0 trains every weight; a causal-LM directory gets a new scalar head (load_reward_model)."""
     model_dir = save_tiny(tmp_path / "lm")
-    cfg = rm_config(tmp_path / "run", model=model_dir, lora_r=0, max_steps=4, learning_rate=1e-3, eval_steps=0)
+    cfg = rm_config(tmp_path / "run", model=model_dir, lora_r=0, max_steps=4, learning_rate=1e-3, eval_steps=0,
+                    report_to=["tensorboard"])
     tr = RewardTrainer(cfg, train_dataset=toy_pairs(16, 0))
     before = {k: v.detach().clone() for k, v in tr.model.named_parameters()}
     assert type(tr.model).__name__ == "LlamaForSequenceClassification" and not tr.is_peft
     tr.train()
     assert all(not torch.equal(before[k], v) for k, v in tr.model.named_parameters())
     assert tr.eval_pairs and "eval/accuracy" in json.loads(open(tmp_path / "run" / "metrics.jsonl").readline())
+    assert any(f.startswith("events.out.tfevents") for _, _, fs in os.walk(tmp_path / "run" / "tb") for f in fs)
 
 
 def test_lora_on_a_bfloat16_backbone(tmp_path):
@@ -304,8 +306,8 @@ def test_preference_data_defaults_come_from_the_rl_config():
     from llmrl.llm.config import GRPOConfig
 
     cfg, grpo = PreferenceDataConfig(), GRPOConfig()
-    assert (cfg.dataset, cfg.system_prompt, cfg.prompt_column, cfg.reward_funcs) == \
-        (grpo.dataset, grpo.system_prompt, grpo.prompt_column, grpo.reward_funcs)
+    assert (cfg.dataset, cfg.system_prompt, cfg.prompt_column, cfg.max_new_tokens) == \
+        (grpo.dataset, grpo.system_prompt, grpo.prompt_column, grpo.max_new_tokens)
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -348,3 +350,39 @@ def test_an_earlier_run_is_refused_before_anything_is_written(tmp_path):
     assert os.listdir(tmp_path) == ["metrics.jsonl"]
     RewardTrainer(rm_config(tmp_path, overwrite_output_dir=True), model, tok, toy_pairs(8, 0))
     assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------- the bundled model
+@pytest.mark.slow
+def test_bundled_model_as_a_reward_model(tmp_path):
+    """SmolLM2-135M-Instruct from its GGUF gets a scalar head and LoRA, scores at the last real token, trains on
+    rule-labelled arithmetic answers (right vs off by one), and its saved model scores the same when reloaded."""
+    from llmrl.llm.config import GRPOConfig
+    from llmrl.llm.data import load_prompt_dataset, make_prompt
+
+    cfg = GRPOConfig()
+    rows = [load_prompt_dataset(cfg.dataset, "train")[i] for i in range(12)]
+    pairs = []
+    for row in rows:
+        work, gold = row["answer"].split("\n#### ")
+        pairs.append({"prompt": make_prompt(row, cfg.prompt_column, cfg.system_prompt),
+                      "chosen": f"{work}\nThe answer is {gold}.", "rejected": f"{work}\nThe answer is {int(gold) + 1}."})
+    model, tok = load_reward_model("bundled", LoraSettings(r=8, alpha=16), torch.float32)
+    assert type(model.get_base_model()).__name__ == "LlamaForSequenceClassification"
+    seqs = [tokenize_conversation(tok, p["prompt"], p[k]) for p in pairs[:2] for k in ("chosen", "rejected")]
+    ids, mask = pad_sequences(seqs, tok.pad_token_id, "left")
+    with torch.no_grad():
+        got = sequence_scores(model, ids, mask)
+        want = torch.tensor([model(input_ids=torch.tensor([s])).logits[0, 0].item() for s in seqs])
+    torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+    tr = RewardTrainer(rm_config(tmp_path, max_steps=2, per_device_batch_size=4, micro_batch_size=2, eval_steps=0,
+                                 learning_rate=1e-4), model, tok, datasets.Dataset.from_list(pairs[:8]),
+                       datasets.Dataset.from_list(pairs[8:]))
+    history = tr.train()
+    assert history[-1]["eval/pairs"] == 4 and all(map(torch.isfinite, torch.tensor([h["loss"] for h in history])))
+    tr.model.eval()
+    with torch.no_grad():
+        trained = sequence_scores(tr.model, ids, mask)
+    scorer = RewardModelScorer(tr.save_final())
+    chosen = scorer([p["prompt"] for p in pairs[:2]], [p["chosen"] for p in pairs[:2]])
+    assert chosen == pytest.approx(trained[0::2].tolist(), abs=1e-3)
