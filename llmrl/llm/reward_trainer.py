@@ -27,7 +27,7 @@ from . import checkpoint as ckpt
 from .config import _h
 from .data import check_columns, load_prompt_dataset
 from .model import LoraSettings
-from .reward_model import ScoreModel, load_reward_model, pad_sequences, tokenize_conversation
+from .reward_model import ScoreModel, add_reward_lora, load_reward_model, pad_sequences, tokenize_conversation
 from .trainer import PromptSampler, _targets, resolve_dtype
 
 
@@ -143,11 +143,17 @@ class RewardTrainer:
             ckpt.prepare_fresh_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
         seed_everything(cfg.seed)
         self.dtype = resolve_dtype(cfg.dtype)
-        # --- model: LoRA (the head trains fully) or full fine-tuning (fp32 master weights, bf16 autocast) ---
+        # --- model: LoRA (the head trains fully) or full fine-tuning (fp32 master weights, bf16 autocast); a model
+        # passed in gets the configured adapter unless it carries one already ---
+        lora = None if cfg.lora_r == 0 else LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
+                                                        _targets(cfg.lora_target_modules))
         if model is None:
-            lora = None if cfg.lora_r == 0 else LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
-                                                            _targets(cfg.lora_target_modules))
             model, tokenizer = load_reward_model(cfg.model, lora, self.dtype if lora else torch.float32)
+        elif lora is not None and not hasattr(model, "disable_adapter"):
+            model = add_reward_lora(model, lora)
+        elif lora is None and hasattr(model, "disable_adapter"):
+            raise ValueError("RewardTrainer: lora_r=0 asks for full fine-tuning but the model passed carries a LoRA "
+                             "adapter; pass the model without it, or set lora_r > 0")
         if tokenizer is None:
             raise ValueError("RewardTrainer: pass the tokenizer together with the model")
         self.tok, self.is_peft = tokenizer, hasattr(model, "disable_adapter")

@@ -195,6 +195,10 @@ def test_full_fine_tuning_and_a_model_loaded_by_path(tmp_path):
     assert type(tr.model).__name__ == "LlamaForSequenceClassification" and not tr.is_peft
     tr.train()
     assert all(not torch.equal(before[k], v) for k, v in tr.model.named_parameters())
+    plain = RewardTrainer(rm_config(tmp_path / "lora"), *tiny_reward_model(), train_dataset=toy_pairs(16, 0))
+    assert plain.is_peft and plain.model.peft_config["default"].r == 16  # a model passed in gets the config's LoRA
+    with pytest.raises(ValueError, match="lora_r=0 asks for full fine-tuning"):
+        RewardTrainer(rm_config(tmp_path / "full", lora_r=0), *lora_reward_model(), train_dataset=toy_pairs(16, 0))
     assert tr.eval_pairs and "eval/accuracy" in json.loads(open(tmp_path / "run" / "metrics.jsonl").readline())
     assert any(f.startswith("events.out.tfevents") for _, _, fs in os.walk(tmp_path / "run" / "tb") for f in fs)
 
