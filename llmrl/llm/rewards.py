@@ -9,7 +9,8 @@ completion. Functions ignore columns they do not use (`**kwargs`).
 
 A function that names them (or takes `**kwargs`) also gets, as TRL passes them, `completion_ids` (each
 completion's token ids up to and including EOS, no padding) and `trainer_state` (a `transformers.TrainerState`
-whose `global_step` is the number of steps done). An `async def` function is awaited; the async functions of a
+whose `global_step` is the number of steps done), and `model_prompts`: the prompt as the policy was given it
+(for a question column, the chat with the system prompt), which a reward model needs to score the conversation. An `async def` function is awaited; the async functions of a
 step run concurrently (a judge over HTTP), after the plain ones.
 """
 from __future__ import annotations
@@ -170,7 +171,7 @@ def format_reward(prompts: list, completions: list, **kwargs) -> list[float]:
 REWARD_FUNCTIONS: dict[str, RewardFunc] = {"gsm8k": gsm8k_reward, "format": format_reward}
 DEFAULT_REWARD_FUNCS = ("gsm8k", "format")
 # The keywords the scorer passes besides the dataset columns: a column of one of these names cannot reach a function.
-RESERVED_ARGUMENTS = ("prompts", "completions", "completion_ids", "trainer_state")
+RESERVED_ARGUMENTS = ("prompts", "completions", "completion_ids", "trainer_state", "model_prompts")
 
 
 def _one_line(e: BaseException) -> str:
@@ -295,7 +296,7 @@ def _parameters(fn) -> list[inspect.Parameter]:
 
 
 def _extras_for(fn, extras: dict) -> dict:
-    """The extra keywords (completion_ids, trainer_state) a function takes: those it names, or all with **kwargs;
+    """The extra keywords (completion_ids, trainer_state, model_prompts) a function takes: those it names, or all with **kwargs;
     a function that takes neither is called exactly as before they existed."""
     params = _parameters(fn)
     if any(p.kind is p.VAR_KEYWORD for p in params):
@@ -355,13 +356,14 @@ def _await_concurrently(pending: dict[str, Any]) -> dict[str, Any]:
 
 def score_completions(reward_funcs, weights: Sequence[float] | None, prompts: list, completions: list[str],
                       columns: Mapping[str, list] | None = None, completion_ids: list[list[int]] | None = None,
-                      trainer_state: Any = None) -> tuple[Tensor, dict[str, Tensor]]:
+                      trainer_state: Any = None, model_prompts: list | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted total reward r_i = sum_f w_f r_f(i) over the functions with an opinion on completion i; (N,).
 
     `reward_funcs` is anything resolve_reward_functions takes (a dict name -> function, functions, names).
     `prompts[i]` is the dataset's prompt of completion i; where it is chat messages, the functions get each
     completion text as the assistant message [{"role": "assistant", "content": text}] (TRL's conversational
-    format). `completion_ids` and `trainer_state` reach the functions that take them (see the module docstring).
+    format). `completion_ids`, `trainer_state` and `model_prompts` reach the functions that take them (see the
+    module docstring).
     Plain functions run in order, then the async ones together.
 
     Returns (total (N,) float32, per_func name -> (N,) float32 with NaN where the function returned None).
@@ -383,8 +385,10 @@ def score_completions(reward_funcs, weights: Sequence[float] | None, prompts: li
             raise ValueError(f"score_completions: column {key!r} has {len(values)} values for {n} completions")
     if completion_ids is not None and len(completion_ids) != n:
         raise ValueError(f"score_completions: {len(completion_ids)} completion_ids for {n} completions")
-    extras = {k: v for k, v in (("completion_ids", completion_ids), ("trainer_state", trainer_state))
-              if v is not None}
+    if model_prompts is not None and len(model_prompts) != n:
+        raise ValueError(f"score_completions: {len(model_prompts)} model_prompts for {n} completions")
+    extras = {k: v for k, v in (("completion_ids", completion_ids), ("trainer_state", trainer_state),
+                                ("model_prompts", model_prompts)) if v is not None}
     completions = [[{"role": "assistant", "content": c}] if isinstance(p, list) and isinstance(c, str) else c
                    for p, c in zip(prompts, completions)]
     outputs, pending = {}, {}

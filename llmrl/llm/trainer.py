@@ -309,7 +309,8 @@ class GRPOTrainer:
         completion_ids = [ids[m.bool()].tolist() for ids, m in zip(comp.ids, comp.mask)]
         total, per_func = score_completions(self.reward_funcs, cfg.reward_weights, rep_prompts, texts, columns,
                                             completion_ids, TrainerState(global_step=self.step_count,
-                                                                         max_steps=cfg.max_steps))
+                                                                         max_steps=cfg.max_steps),
+                                            [p for p in prompts for _ in range(G)])
         dev = prompt_ids.device
         rewards = total.to(dev)
         if cfg.overlong_buffer > 0:

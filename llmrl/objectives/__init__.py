@@ -13,6 +13,7 @@ from .losses import (AGGREGATIONS, LOSS_TYPES, LossType, aggregate, entropy, grp
                      log_ratio, masked_mean, policy_gradient_loss, ppo_clip_loss, ppo_clip_objective, surrogate_loss,
                      token_means)
 from .shaping import kl_shaped_rewards, overlong_penalty
+from .preference import bradley_terry_loss, pairwise_accuracy
 from .returns import discounted_returns, double_q_values, gae, n_step_returns, td_target
 from .trust_region import conjugate_gradient, fisher_vector_product, trust_region_step
 
@@ -28,4 +29,5 @@ __all__ = [
     "surrogate_loss",
     "conjugate_gradient", "fisher_vector_product", "trust_region_step",
     "dueling_q_values", "n_step_sums", "per_priorities", "importance_sampling_weights",
+    "bradley_terry_loss", "pairwise_accuracy",
 ]

@@ -148,3 +148,19 @@ def own_logits(model, prompt_ids, prompt_mask, continuation, group_index):
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
     return logits[:, prompt_ids.shape[1] - 1:-1].float()
+
+
+def tiny_reward_model(seed: int = 0, layers: int = 2, hidden: int = 32):
+    """The tiny Llama with a scalar head (LlamaForSequenceClassification, num_labels=1) and its tokenizer."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tok = tiny_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, num_labels=1,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(cfg)
+    with torch.no_grad():  # as tiny_model: a larger embedding scale gives states that differ more between tokens
+        model.model.embed_tokens.weight.mul_(4.0)
+        model.score.weight.normal_(0, 1.0)
+    return model, tok
