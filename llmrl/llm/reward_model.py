@@ -146,10 +146,6 @@ def conversation_text(prompt: str | list[dict] | None, response: str | list[dict
     if not _is_messages(messages):
         raise ValueError(f"expected text or a list of chat messages (dicts with 'role' and 'content'), got "
                          f"{messages!r:.120}")
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"chat messages need a chat template, and tokenizer "
-                         f"{getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__!r} has none; use "
-                         f"plain-text prompts and responses or a tokenizer with a chat_template")
     return tokenizer.apply_chat_template(messages, tokenize=False), True
 
 

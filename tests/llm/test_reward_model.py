@@ -110,6 +110,9 @@ def test_conversation_formats_follow_trl():
     assert conversation_text(None, "all in one", tok) == ("all in one", False)
     with pytest.raises(ValueError, match="both as text or both as chat messages"):
         conversation_text("text prompt", reply, tok)
+    tok.chat_template = None
+    with pytest.raises(ValueError, match="chat_template is not set"):  # transformers' own one-line error
+        conversation_text(user, "yo", tok)
 
 
 # ---------------------------------------------------------------------------------------------- training
