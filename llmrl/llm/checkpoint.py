@@ -151,19 +151,27 @@ def save_checkpoint(trainer) -> str | None:
         atomic_write_text(os.path.join(tmp, "config.json"), json.dumps(config_dict(cfg), indent=2))
     acc.wait_for_everyone()
     if acc.is_main_process:
-        for root, _, files in os.walk(tmp):  # make the contents durable before the rename publishes them
-            for name in files:
-                with open(os.path.join(root, name), "rb") as f:
-                    os.fsync(f.fileno())
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        write_best(trainer)
         best = trainer.best["checkpoint"] if trainer.best is not None else None
-        for old in list_checkpoints(cfg.output_dir)[:-cfg.save_total_limit]:
-            if os.path.basename(old) != best:
-                shutil.rmtree(old, ignore_errors=True)
+        publish_checkpoint(tmp, final, cfg.save_total_limit, keep=best, before_rotation=lambda: write_best(trainer))
     acc.wait_for_everyone()
     return final
+
+
+def publish_checkpoint(tmp: str, final: str, save_total_limit: int, keep: str | None = None,
+                       before_rotation=None) -> None:
+    """Make a fully written checkpoint directory `tmp` durable, rename it to `final` (a checkpoint exists whole or
+    not at all), then keep the newest `save_total_limit` checkpoints beside it (and `keep`, a directory name)."""
+    for root, _, files in os.walk(tmp):  # make the contents durable before the rename publishes them
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    if before_rotation is not None:
+        before_rotation()
+    for old in list_checkpoints(os.path.dirname(final))[:-save_total_limit]:
+        if os.path.basename(old) != keep:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(trainer, path: str) -> None:

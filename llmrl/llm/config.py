@@ -14,6 +14,9 @@ from .rewards import resolve_reward_functions
 ADVANTAGES = SEQUENCE_ESTIMATORS
 
 
+REWARD_MODEL = "reward_model"  # the name of the --reward_model reward among reward_funcs
+
+
 def _h(text: str, **kw):
     return field(metadata={"help": text}, **kw)
 
@@ -61,6 +64,11 @@ class GRPOConfig:
                                         "'package.module:function' / 'path/to/file.py:function'. Default: gsm8k "
                                         "format, unless the trainer is given reward functions.", default=None)
     reward_weights: list[float] | None = _h("One weight per reward function (default 1 each).", default=None)
+    reward_model: str | None = _h("A trained reward model (directory or hub id, e.g. recipes/reward_model.py's "
+                                  "final/): its score of prompt + completion is the reward named 'reward_model'. "
+                                  "Alone it is the only reward; list 'reward_model' in reward_funcs to weight it "
+                                  "beside rule functions.", default=None)
+    reward_model_batch_size: int = _h("Completions per reward-model forward pass.", default=16)
     advantage: str = _h("grpo (group-normalized) | dr_grpo (no std) | rloo (leave-one-out) | reinforce "
                         "(batch-mean baseline).", default="grpo")
     scale_rewards: str = _h("For advantage=grpo: divide by the std of the 'group' or the 'batch', or 'none'.",
@@ -245,9 +253,23 @@ class GRPOConfig:
         need(not (self.adapter and self.lora_r == 0), "adapter and lora_r=0 (full fine-tuning) exclude each other")
         need(self.dtype in ("auto", "float32", "bfloat16"), f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
         need(self.sampler in ("auto", "hf"), f"sampler must be auto or hf, got {self.sampler!r}")
+        if self.reward_model is not None and self.reward_funcs is None:
+            self.reward_funcs = [REWARD_MODEL]
+        listed = self.reward_funcs is not None and REWARD_MODEL in self.reward_funcs
+        need(listed or self.reward_model is None, f"reward_model is set but reward_funcs {self.reward_funcs} does not "
+             f"list {REWARD_MODEL!r}; add it (and its weight) or drop reward_funcs to use the reward model alone")
+        need(not listed or self.reward_model is not None,
+             f"reward_funcs lists {REWARD_MODEL!r} but no --reward_model (a trained reward model's directory) is set")
+        need(self.reward_model_batch_size >= 1, f"reward_model_batch_size must be >= 1, got "
+                                                f"{self.reward_model_batch_size}")
         if self.reward_funcs is not None:  # names resolve (and weights count) here; functions at the trainer
+            rules = [n for n in self.reward_funcs if n != REWARD_MODEL]
+            need(self.reward_weights is None or len(self.reward_weights) == len(self.reward_funcs),
+                 f"reward_weights has {len(self.reward_weights or [])} values for {len(self.reward_funcs)} reward "
+                 f"functions ({', '.join(self.reward_funcs)}); give one weight per function")
             try:
-                resolve_reward_functions(names=self.reward_funcs, weights=self.reward_weights)
+                if rules:
+                    resolve_reward_functions(names=rules)
             except ValueError as e:
                 raise ValueError(f"GRPOConfig: {e}") from e
         need(self.save_total_limit >= 1, f"save_total_limit must be >= 1, got {self.save_total_limit}")

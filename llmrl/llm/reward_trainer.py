@@ -138,8 +138,10 @@ class RewardTrainer:
         self.acc = acc = accelerator or Accelerator(cpu=cfg.use_cpu or no_gpu, log_with=report_to or None,
                                                     project_dir=cfg.output_dir)
         # An earlier run in output_dir is refused (or, with overwrite_output_dir, cleared) before anything is written.
-        if not cfg.resume and (acc.is_main_process or not cfg.overwrite_output_dir):
-            ckpt.prepare_fresh_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
+        if not cfg.resume:
+            ckpt.check_fresh_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
+            if acc.is_main_process:
+                ckpt.prepare_fresh_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
         seed_everything(cfg.seed)
         self.dtype = resolve_dtype(cfg.dtype)
         # --- model: LoRA (the head trains fully) or full fine-tuning (fp32 master weights, bf16 autocast); a model
@@ -283,14 +285,7 @@ class RewardTrainer:
                         "scheduler": self.sched.state_dict(), "num_processes": acc.num_processes},
                        os.path.join(tmp, "trainer_state.pt"))
             atomic_write_text(os.path.join(tmp, "config.json"), json.dumps(config_dict(cfg), indent=2))
-            for root, _, files in os.walk(tmp):  # make the contents durable before the rename publishes them
-                for name in files:
-                    with open(os.path.join(root, name), "rb") as f:
-                        os.fsync(f.fileno())
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            for old in ckpt.list_checkpoints(cfg.output_dir)[:-cfg.save_total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
+            ckpt.publish_checkpoint(tmp, final, cfg.save_total_limit)
         acc.wait_for_everyone()
         return final
 

@@ -23,7 +23,7 @@ from .. import objectives
 from ..utils import RunLogger, seed_everything, truncate_jsonl
 from . import checkpoint as ckpt
 from . import hub, tracking
-from .config import GRPOConfig
+from .config import REWARD_MODEL, GRPOConfig
 from .data import PromptSampler, check_prompt_dataset, load_prompt_dataset, make_prompt, row_prompt
 from .evaluation import eos_token_ids, evaluate_policy, load_eval_dataset
 from .logprobs import completion_logprobs, completion_logprobs_naive
@@ -161,7 +161,7 @@ class GRPOTrainer:
         self.autocast_dtype = torch.bfloat16 if (self.dtype == torch.bfloat16 and not self.is_peft) else None
         self.eos_ids = eos_token_ids(model, tokenizer)
         # --- rewards and data ---
-        self.reward_funcs = resolve_reward_functions(reward_funcs, cfg.reward_weights, cfg.reward_funcs)
+        self.reward_funcs = self._reward_functions(reward_funcs)
         if train_dataset is None:
             train_dataset = load_prompt_dataset(cfg.dataset, cfg.dataset_split, cfg.dataset_config)
         cfg.resolve_max_steps(len(train_dataset), self.acc.num_processes)
@@ -198,6 +198,22 @@ class GRPOTrainer:
         self.last_eval: dict | None = None   # {"step", "eval/...": value} of the latest evaluation in train()
         self.best: dict | None = None        # the best checkpoint by metric_for_best_model (checkpoint.update_best)
         self.hub_repo_id: str | None = None  # where push_to_hub uploads, once check_push_to_hub has passed
+
+    def _reward_functions(self, given) -> dict:
+        """The run's reward functions (resolved in rewards.py), with config.reward_model scored as the reward
+        named 'reward_model' (llmrl.llm.RewardModelScorer: its own tokenizer, the last real token's score)."""
+        cfg = self.cfg
+        if cfg.reward_model is None:
+            return resolve_reward_functions(given, cfg.reward_weights, cfg.reward_funcs)
+        if given is not None:
+            raise ValueError("GRPOTrainer: reward functions are given to the trainer and config.reward_model is set; "
+                             "give the reward model as RewardModelScorer(path) among the functions instead")
+        from .reward_model import RewardModelScorer
+
+        scorer = RewardModelScorer(cfg.reward_model, batch_size=cfg.reward_model_batch_size, device=self.acc.device,
+                                   dtype=self.dtype)
+        return resolve_reward_functions({n: scorer if n == REWARD_MODEL else n for n in cfg.reward_funcs},
+                                        cfg.reward_weights)
 
     def _load_model(self, peft_config=None):
         """The policy from config.model: + a new LoRA adapter, + the trained adapter config.adapter, or all

@@ -393,3 +393,44 @@ def test_bundled_model_as_a_reward_model(tmp_path):
     scorer = RewardModelScorer(tr.save_final())
     chosen = scorer([p["prompt"] for p in pairs[:2]], [p["chosen"] for p in pairs[:2]])
     assert chosen == pytest.approx(trained[0::2].tolist(), abs=1e-3)
+
+
+def test_reward_model_flag_alone_and_weighted_beside_rule_functions(tmp_path):
+    """GRPOConfig.reward_model (a saved reward model's directory): alone it is the only reward; listed in
+    reward_funcs it is weighted beside rule functions; an unlisted or missing one is refused."""
+    from llmrl.llm.config import GRPOConfig
+    from tests.llm.tiny import length_reward
+    rm, rtok = tiny_reward_model(seed=3)
+    rm.save_pretrained(tmp_path / "rm")
+    rtok.save_pretrained(tmp_path / "rm")
+    scorer = RewardModelScorer(str(tmp_path / "rm"))
+    from llmrl.llm.trainer import GRPOTrainer
+    from tests.llm.tiny import tiny_dataset, tiny_model
+    policy, tok = tiny_model()
+    tr = GRPOTrainer(GRPOConfig(output_dir=str(tmp_path / "a"), reward_model=str(tmp_path / "rm"),
+                                per_device_batch_size=8, num_generations=4, max_new_tokens=6, report_to="none",
+                                dtype="float32"), model=policy, tokenizer=tok, train_dataset=tiny_dataset())
+    _, r = tr.step()
+    assert list(r.info["per_func"]) == ["reward_model"]
+    want = torch.tensor(scorer([None] * len(r.info["texts"]), r.info["texts"],
+                               model_prompts=[r.info["prompts"][i // 4] for i in range(len(r.info["texts"]))]))
+    torch.testing.assert_close(r.rewards, want, atol=1e-5, rtol=1e-5)
+    from llmrl.llm import rewards
+    rewards.REWARD_FUNCTIONS["length"] = length_reward
+    try:
+        policy, tok = tiny_model()
+        tr = GRPOTrainer(GRPOConfig(output_dir=str(tmp_path / "b"), reward_model=str(tmp_path / "rm"),
+                                    reward_funcs=["length", "reward_model"], reward_weights=[1.0, 0.5],
+                                    per_device_batch_size=8, num_generations=4, max_new_tokens=6, report_to="none",
+                                    dtype="float32"), model=policy, tokenizer=tok, train_dataset=tiny_dataset())
+        _, r = tr.step()
+        f = r.info["per_func"]
+        torch.testing.assert_close(r.rewards, f["length"] + 0.5 * f["reward_model"])
+    finally:
+        del rewards.REWARD_FUNCTIONS["length"]
+    with pytest.raises(ValueError, match="does not list 'reward_model'"):
+        GRPOConfig(reward_model=str(tmp_path / "rm"), reward_funcs=["gsm8k"])
+    with pytest.raises(ValueError, match="no --reward_model"):
+        GRPOConfig(reward_funcs=["gsm8k", "reward_model"])
+    with pytest.raises(ValueError, match="reward_weights has 1 values for 2"):
+        GRPOConfig(reward_model=str(tmp_path / "rm"), reward_funcs=["gsm8k", "reward_model"], reward_weights=[1.0])
