@@ -30,6 +30,7 @@ from .model import LoraSettings, load_adapter, load_policy
 from .reference import ReferencePolicy
 from .rewards import required_columns, resolve_reward_functions, score_completions
 from .sampling import decode_completions, sample_completions, tokenize_prompts
+from .trust_region import trust_region_update
 
 
 @dataclass
@@ -276,15 +277,10 @@ class GRPOTrainer:
         exactly over micro-batches; returns statistics of the first pass (token means over all processes).
         `batch` is not modified."""
         cfg, acc = self.cfg, self.acc
-        loss_type = objectives.LOSS_TYPES[cfg.loss_type]
+        if cfg.optimizer != "adamw":  # TRPO / natural policy gradient: llmrl/llm/trust_region.py
+            return trust_region_update(self, batch)
         mbs = self._micro_batches(len(batch))
-        # Normalizers of the WHOLE generation batch, so that micro-batch losses sum to the full-batch loss; a
-        # global token count is averaged over processes because DDP averages their gradients.
-        n_tokens = batch.completion_mask.sum().float()
-        if loss_type.global_token_count and acc.num_processes > 1:
-            n_tokens = acc.reduce(n_tokens, "sum") / acc.num_processes
-        agg = dict(mode=loss_type.mode, num_tokens=n_tokens.clamp(min=1), num_seqs=len(batch),
-                   max_len=cfg.max_new_tokens)
+        agg = self._loss_normalizers(batch)
         old: list[Tensor] = []  # log pi_theta_old per micro-batch: the first pass's log-probs, detached
         per_token: list[dict] = []  # the first pass's per-token statistics per micro-batch
         stats: dict[str, float] = {}
@@ -324,6 +320,17 @@ class GRPOTrainer:
                              grad_norm=grad_norm if grad_norm is not None else float("nan"))
         stats["skipped_updates"] = skipped
         return stats
+
+    def _loss_normalizers(self, batch: RolloutBatch) -> dict:
+        """`objectives.aggregate` keywords for cfg.loss_type with normalizers of the WHOLE generation batch, so that
+        micro-batch losses sum to the full-batch loss; a global token count is averaged over processes because
+        DDP averages their gradients."""
+        loss_type, acc = objectives.LOSS_TYPES[self.cfg.loss_type], self.acc
+        n_tokens = batch.completion_mask.sum().float()
+        if loss_type.global_token_count and acc.num_processes > 1:
+            n_tokens = acc.reduce(n_tokens, "sum") / acc.num_processes
+        return dict(mode=loss_type.mode, num_tokens=n_tokens.clamp(min=1), num_seqs=len(batch),
+                    max_len=self.cfg.max_new_tokens)
 
     def _token_means(self, per_token: list[dict], mask: Tensor) -> dict[str, float]:
         """Token means over the batch of every process of the per-token statistics of all micro-batches."""
