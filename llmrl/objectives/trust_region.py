@@ -114,6 +114,16 @@ def trust_region_step(params: Iterable[Tensor], loss_fn: Callable[[], Tensor] | 
         loss_before = float(loss.detach())
     else:
         loss_before, g = float(loss_and_grad[0]), loss_and_grad[1]
+    b = -g  # the descent direction of the loss
+    b_norm = float(b.norm())
+    stats = {"cg_iterations": 0, "cg_residual": 0.0, "expected_improvement": 0.0}
+
+    def rejected() -> dict:
+        return dict(stats, accepted=False, kl=0.0, improvement=0.0, step_frac=0.0, loss_before=loss_before,
+                    loss_after=loss_before)
+
+    if not 0 < b_norm < math.inf:  # g = 0 (nothing to improve) or not finite: no step, nothing to search
+        return rejected()
     if fvp is None:
         Avp = fisher_vector_product(kl_fn, params, damping)
     else:
@@ -129,22 +139,17 @@ def trust_region_step(params: Iterable[Tensor], loss_fn: Callable[[], Tensor] | 
         cg_calls.append(1)
         return Avp(v)
 
-    b = -g  # the descent direction of the loss
     step_dir = conjugate_gradient(counted_Avp, b, iters=cg_iters, tol=cg_tol)
     As = Avp(step_dir)  # one more product: the step's length in the KL metric and the TRUE residual b - A x
-    b_norm = float(b.norm())
-    stats = {"cg_iterations": len(cg_calls),
-             "cg_residual": float((b - As).norm()) / b_norm if b_norm > 0 else 0.0}
     sAs = step_dir @ As
     if not damped_scaling:
         sAs = sAs - damping * (step_dir @ step_dir)
     full_step = step_dir * torch.sqrt(2.0 * max_kl / sAs.clamp(min=1e-12))
     expected = float(-(g @ full_step))  # first-order predicted decrease of the loss at frac = 1
-    stats["expected_improvement"] = expected
-    rejected = dict(stats, accepted=False, kl=0.0, improvement=0.0, step_frac=0.0, loss_before=loss_before,
-                    loss_after=loss_before)
-    if not expected > 0:  # no descent direction (g = 0, or not finite): nothing to search
-        return rejected
+    stats.update(cg_iterations=len(cg_calls), cg_residual=float((b - As).norm()) / b_norm,
+                 expected_improvement=expected)
+    if not expected > 0:  # not a descent direction (a non-finite F v, or CG broken down): nothing to search
+        return rejected()
     frac = 1.0
     for _ in range(backtrack_iters if line_search else 1):
         new_loss, kl = _evaluate(params, theta_old + frac * full_step, evaluate)
@@ -159,4 +164,4 @@ def trust_region_step(params: Iterable[Tensor], loss_fn: Callable[[], Tensor] | 
         frac *= backtrack_coef
     with torch.no_grad():
         vector_to_parameters(theta_old, params)
-    return rejected
+    return rejected()
