@@ -97,6 +97,7 @@ class GRPOConfig:
     adam_beta2: float = _h("AdamW beta2.", default=0.999)
     max_grad_norm: float = _h("Gradient-norm clipping (0 = off).", default=1.0)
     max_steps: int = _h("Training steps (one generation batch each).", default=100)
+    seed: int = _h("Seed for data order, sampling and initialization.", default=0)
     # --- trust region ---
     optimizer: str = _h("adamw (the clipped-surrogate loss above, AdamW) | trpo (one trust-region step per batch on "
                         "the surrogate -rho A: conjugate gradient on the Fisher of the mean token KL(pi_old || pi), "
@@ -114,7 +115,6 @@ class GRPOConfig:
     backtrack_coef: float = _h("trpo: shrink factor of the line search.", default=0.5)
     accept_ratio: float = _h("trpo: accept a step that improves the surrogate by >= this fraction of the linear "
                              "prediction (and keeps KL <= max_kl).", default=0.1)
-    seed: int = _h("Seed for data order, sampling and initialization.", default=0)
     # --- run, logging, checkpoints ---
     output_dir: str = _h("Run directory: metrics, completions, checkpoints, final adapter.", default="runs/grpo")
     logging_steps: int = _h("Log metrics every N steps.", default=1)
@@ -184,6 +184,10 @@ class GRPOConfig:
         need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
         need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         need(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        need(self.lora_r is None or self.lora_r >= 0, f"lora_r must be >= 0, got {self.lora_r}")
+        need(not (self.adapter and self.lora_r == 0), "adapter and lora_r=0 (full fine-tuning) exclude each other")
+        need(self.dtype in ("auto", "float32", "bfloat16"), f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        need(self.sampler in ("auto", "hf"), f"sampler must be auto or hf, got {self.sampler!r}")
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         need(self.max_kl > 0, f"max_kl must be > 0, got {self.max_kl}")
         need(self.cg_iters >= 1, f"cg_iters must be >= 1, got {self.cg_iters}")
@@ -201,10 +205,6 @@ class GRPOConfig:
             need(self.ratio_level == "token", f"{opt} uses the token-level surrogate: set ratio_level=token")
             need(self.lora_dropout == 0, f"{opt} compares the policy before and after a step, which dropout makes "
                                          f"random: set lora_dropout=0, got {self.lora_dropout}")
-        need(self.lora_r is None or self.lora_r >= 0, f"lora_r must be >= 0, got {self.lora_r}")
-        need(not (self.adapter and self.lora_r == 0), "adapter and lora_r=0 (full fine-tuning) exclude each other")
-        need(self.dtype in ("auto", "float32", "bfloat16"), f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
-        need(self.sampler in ("auto", "hf"), f"sampler must be auto or hf, got {self.sampler!r}")
         if self.reward_funcs is not None:  # names resolve (and weights count) here; functions at the trainer
             try:
                 resolve_reward_functions(names=self.reward_funcs, weights=self.reward_weights)

@@ -30,7 +30,6 @@ from .model import LoraSettings, load_adapter, load_policy
 from .reference import ReferencePolicy
 from .rewards import required_columns, resolve_reward_functions, score_completions
 from .sampling import decode_completions, sample_completions, tokenize_prompts
-from .trust_region import trust_region_update
 
 
 @dataclass
@@ -277,7 +276,8 @@ class GRPOTrainer:
         exactly over micro-batches; returns statistics of the first pass (token means over all processes).
         `batch` is not modified."""
         cfg, acc = self.cfg, self.acc
-        if cfg.optimizer != "adamw":  # TRPO / natural policy gradient: llmrl/llm/trust_region.py
+        if cfg.optimizer != "adamw":  # TRPO / natural policy gradient
+            from .trust_region import trust_region_update
             return trust_region_update(self, batch)
         mbs = self._micro_batches(len(batch))
         agg = self._loss_normalizers(batch)

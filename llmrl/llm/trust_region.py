@@ -39,6 +39,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .. import objectives
 from .logprobs import prompt_positions
+from .trainer import out_of_memory_hint
 
 if TYPE_CHECKING:
     from .trainer import GRPOTrainer, RolloutBatch
@@ -78,7 +79,6 @@ def trust_region_update(tr: GRPOTrainer, batch: RolloutBatch) -> dict:
             line_search=cfg.optimizer == "trpo", damped_scaling=False,  # the KL's own model: F's scale is unknown
             cg_tol=1e-10 * float(g @ g))  # CG to a relative residual 1e-5
     except RuntimeError as e:
-        from .trainer import out_of_memory_hint  # (trainer.py imports this module)
         raise (out_of_memory_hint(e, "training") or e) from e
     # 5. statistics
     stats.update({"trust_region/cg_iterations": step["cg_iterations"], "trust_region/cg_residual": step["cg_residual"],
