@@ -12,6 +12,7 @@ from ..objectives.losses import LOSS_TYPES
 from .rewards import resolve_reward_functions
 
 ADVANTAGES = SEQUENCE_ESTIMATORS
+OPTIMIZERS = ("adamw", "trpo", "npg")
 
 
 REWARD_MODEL = "reward_model"  # the name of the --reward_model reward among reward_funcs
@@ -120,6 +121,23 @@ class GRPOConfig:
     max_steps: int | None = _h("Training steps, one generation batch each (default 100, or num_train_epochs "
                                "passes over the dataset when that is set).", default=None)
     seed: int = _h("Seed for data order, sampling and initialization.", default=0)
+    # --- trust region ---
+    optimizer: str = _h("adamw (the clipped-surrogate loss above, AdamW) | trpo (one trust-region step per batch on "
+                        "the surrogate -rho A: conjugate gradient on the Fisher of the mean token KL(pi_old || pi), "
+                        "step scaled to max_kl, backtracking line search) | npg (the same step without the line "
+                        "search). trpo/npg do not use learning_rate, the AdamW settings, max_grad_norm or the clip "
+                        "range, and keep the full-vocabulary logits of a micro-batch in memory a few times.",
+                        default="adamw")
+    max_kl: float = _h("trpo/npg: trust-region radius delta, the mean token KL(pi_old || pi) of a step.", default=0.01)
+    cg_iters: int = _h("trpo/npg: conjugate-gradient iterations (one Fisher-vector product, i.e. one forward and "
+                       "backward pass over the batch, each).", default=10)
+    cg_damping: float = _h("trpo/npg: damping lambda of F + lambda I, which keeps the CG system well posed.",
+                           default=0.1)
+    backtrack_iters: int = _h("trpo: line-search candidates (step fractions 1, coef, coef^2, ...) before giving up.",
+                              default=10)
+    backtrack_coef: float = _h("trpo: shrink factor of the line search.", default=0.5)
+    accept_ratio: float = _h("trpo: accept a step that improves the surrogate by >= this fraction of the linear "
+                             "prediction (and keeps KL <= max_kl).", default=0.1)
     # --- run, logging, checkpoints ---
     output_dir: str = _h("Run directory: metrics, completions, checkpoints, final adapter.", default="runs/grpo")
     logging_steps: int = _h("Log metrics every N steps.", default=1)
@@ -262,6 +280,23 @@ class GRPOConfig:
              f"reward_funcs lists {REWARD_MODEL!r} but no --reward_model (a trained reward model's directory) is set")
         need(self.reward_model_batch_size >= 1, f"reward_model_batch_size must be >= 1, got "
                                                 f"{self.reward_model_batch_size}")
+        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        need(self.max_kl > 0, f"max_kl must be > 0, got {self.max_kl}")
+        need(self.cg_iters >= 1, f"cg_iters must be >= 1, got {self.cg_iters}")
+        need(self.cg_damping >= 0, f"cg_damping must be >= 0, got {self.cg_damping}")
+        need(self.backtrack_iters >= 1, f"backtrack_iters must be >= 1, got {self.backtrack_iters}")
+        need(0 < self.backtrack_coef < 1, f"backtrack_coef must be in (0, 1), got {self.backtrack_coef}")
+        need(0 <= self.accept_ratio < 1, f"accept_ratio must be in [0, 1), got {self.accept_ratio}")
+        if self.optimizer != "adamw":
+            opt = f"optimizer={self.optimizer}"
+            need(self.num_iterations == 1, f"{opt} takes one trust-region step per generation batch (its pi_old is "
+                                           f"the sampling policy): set num_iterations=1, got {self.num_iterations}")
+            need(self.beta == 0 or self.kl_in == "reward",
+                 f"{opt} constrains KL(pi_old || pi) instead of penalizing a KL in the loss (as in TRPO): use beta=0, "
+                 f"or kl_in=reward to keep a KL-to-reference penalty in the rewards")
+            need(self.ratio_level == "token", f"{opt} uses the token-level surrogate: set ratio_level=token")
+            need(self.lora_dropout == 0, f"{opt} compares the policy before and after a step, which dropout makes "
+                                         f"random: set lora_dropout=0, got {self.lora_dropout}")
         if self.reward_funcs is not None:  # names resolve (and weights count) here; functions at the trainer
             rules = [n for n in self.reward_funcs if n != REWARD_MODEL]
             need(self.reward_weights is None or len(self.reward_weights) == len(self.reward_funcs),

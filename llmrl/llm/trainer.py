@@ -385,15 +385,11 @@ class GRPOTrainer:
         exactly over micro-batches; returns statistics of the first pass (token means over all processes).
         `batch` is not modified."""
         cfg, acc = self.cfg, self.acc
-        loss_type = objectives.LOSS_TYPES[cfg.loss_type]
+        if cfg.optimizer != "adamw":  # TRPO / natural policy gradient
+            from .trust_region import trust_region_update
+            return trust_region_update(self, batch)
         mbs = self._micro_batches(len(batch))
-        # Normalizers of the WHOLE generation batch, so that micro-batch losses sum to the full-batch loss; a
-        # global token count is averaged over processes because DDP averages their gradients.
-        n_tokens = batch.loss_mask.sum().float()
-        if loss_type.global_token_count and acc.num_processes > 1:
-            n_tokens = acc.reduce(n_tokens, "sum") / acc.num_processes
-        agg = dict(mode=loss_type.mode, num_tokens=n_tokens.clamp(min=1), num_seqs=len(batch),
-                   max_len=cfg.max_new_tokens)
+        agg = self._loss_normalizers(batch)
         old: list[Tensor] = []  # log pi_theta_old per micro-batch: the first pass's log-probs, detached
         per_token: list[dict] = []  # the first pass's per-token statistics per micro-batch
         stats: dict[str, float] = {}
@@ -428,25 +424,34 @@ class GRPOTrainer:
                 self.sched.step()
             self.opt.zero_grad(set_to_none=True)
             if it == 0:
-                stats = self._token_means(per_token, batch.loss_mask)
+                stats = self._token_means({k: torch.cat([s[k] for s in per_token]) for k in per_token[0]},
+                                          batch.loss_mask)
+                stats.update(clip_frac_low=stats.pop("clipped_low"), clip_frac_high=stats.pop("clipped_high"),
+                             ratio_mean=stats.pop("ratio"))
                 stats.update(loss=self._mean_over_processes(loss_sum),
                              grad_norm=grad_norm if grad_norm is not None else float("nan"))
         stats["skipped_updates"] = skipped
         return stats
 
-    def _token_means(self, per_token: list[dict], mask: Tensor) -> dict[str, float]:
-        """Token means over the batch of every process of the per-token statistics of all micro-batches."""
-        keys = [k for k in per_token[0] if not k.startswith("clipped")] + ["clipped_low", "clipped_high"]
+    def _loss_normalizers(self, batch: RolloutBatch) -> dict:
+        """`objectives.aggregate` keywords for cfg.loss_type with normalizers of the WHOLE generation batch, so that
+        micro-batch losses sum to the full-batch loss; a global token count is averaged over processes because
+        DDP averages their gradients."""
+        loss_type, acc = objectives.LOSS_TYPES[self.cfg.loss_type], self.acc
+        n_tokens = batch.loss_mask.sum().float()
+        if loss_type.global_token_count and acc.num_processes > 1:
+            n_tokens = acc.reduce(n_tokens, "sum") / acc.num_processes
+        return dict(mode=loss_type.mode, num_tokens=n_tokens.clamp(min=1), num_seqs=len(batch),
+                    max_len=self.cfg.max_new_tokens)
+
+    def _token_means(self, per_token: dict[str, Tensor], mask: Tensor) -> dict[str, float]:
+        """Token means over the batch of every process of per-token statistics, each (N, C) like `mask`."""
+        keys = list(per_token)
         m = mask.float()
-        sums = [(torch.cat([s[k] for s in per_token]).float() * m).sum() for k in keys] + [m.sum()]
-        sums = torch.stack(sums)
+        sums = torch.stack([(per_token[k].float() * m).sum() for k in keys] + [m.sum()])
         if self.acc.num_processes > 1:
             sums = self.acc.reduce(sums, "sum")
-        means = (sums[:-1] / sums[-1].clamp(min=1)).tolist()
-        out = {k: v for k, v in zip(keys, means) if not k.startswith("clipped")}
-        out.update(clip_frac_low=means[keys.index("clipped_low")], clip_frac_high=means[keys.index("clipped_high")])
-        out["ratio_mean"] = out.pop("ratio")
-        return out
+        return {k: (total / sums[-1].clamp(min=1)).item() for k, total in zip(keys, sums[:-1])}
 
     def _mean_over_processes(self, x: float) -> float:
         t = torch.tensor(float(x), device=self.acc.device)
@@ -505,6 +510,7 @@ class GRPOTrainer:
                   "advantages/min": adv.min().item(), "advantages/max": adv.max().item()})
         m.update({k: stats[k] for k in ("loss", "clip_frac_low", "clip_frac_high", "entropy", "grad_norm", "kl",
                                         "beta") if k in stats})
+        m.update({k: v for k, v in stats.items() if k.startswith("trust_region/")})
         m.update({"completion_length": lengths.mean().item(), "completion_length_max": lengths.max().item(),
                   "truncated_frac": g(batch.info["truncated"]).mean().item(),
                   "tokens_per_s": lengths.sum().item() / step_time, "step_time": step_time,

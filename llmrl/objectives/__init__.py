@@ -15,7 +15,7 @@ from .losses import (AGGREGATIONS, LOSS_TYPES, LossType, aggregate, entropy, grp
 from .shaping import kl_shaped_rewards, overlong_penalty
 from .preference import bradley_terry_loss, pairwise_accuracy
 from .returns import discounted_returns, double_q_values, gae, n_step_returns, td_target
-from .trust_region import conjugate_gradient, fisher_vector_product, trust_region_step
+from .trust_region import conjugate_gradient, fisher_vector_product, softmax_fisher_vector_product, trust_region_step
 
 __all__ = [
     "discounted_returns", "n_step_returns", "td_target", "double_q_values", "gae",
@@ -27,7 +27,7 @@ __all__ = [
     "AGGREGATIONS", "LOSS_TYPES", "LossType", "aggregate", "masked_mean", "token_means", "policy_gradient_loss",
     "log_ratio", "ppo_clip_objective", "ppo_clip_loss", "kl_penalized_loss", "grpo_loss", "entropy", "huber_loss",
     "surrogate_loss",
-    "conjugate_gradient", "fisher_vector_product", "trust_region_step",
+    "conjugate_gradient", "fisher_vector_product", "softmax_fisher_vector_product", "trust_region_step",
     "dueling_q_values", "n_step_sums", "per_priorities", "importance_sampling_weights",
     "bradley_terry_loss", "pairwise_accuracy",
 ]
