@@ -27,11 +27,24 @@ def resolve_dtype(name: str) -> torch.dtype:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    try:
-        fast = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    except (AttributeError, RuntimeError):
-        fast = False
-    return torch.bfloat16 if fast else torch.float32
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware: x86 with AVX512_BF16 or AMX-BF16, Arm with the BF16
+    extension. oneDNN's own check also says yes where bf16 is only emulated (several times slower than fp32), so
+    the CPU's feature flags decide (/proc/cpuinfo; elsewhere oneDNN's answer)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            try:
+                return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            except (AttributeError, RuntimeError):
+                return False
+    flags = set(cpuinfo.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def lora_targets(modules: list[str]) -> list[str] | str:

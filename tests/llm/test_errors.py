@@ -35,3 +35,13 @@ def test_hub_dataset_without_network_fails_fast_in_one_line(monkeypatch):
         load_prompt_dataset("someorg/some-dataset")
     assert time.time() - t < 10
     assert "not reachable" in str(e.value) and "local .jsonl" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_auto_dtype_follows_the_cpu_flags():
+    """dtype=auto: bf16 only where the CPU multiplies bf16 in hardware (oneDNN also says yes where it emulates)."""
+    from llmrl.llm.model import cpu_has_fast_bf16
+    assert cpu_has_fast_bf16("flags : fpu sse avx2 avx512f avx512bw avx512_bf16 avx512_vnni")
+    assert cpu_has_fast_bf16("flags : fpu amx_bf16 amx_tile")
+    assert cpu_has_fast_bf16("Features : fp asimd sve bf16 i8mm")  # Arm
+    assert not cpu_has_fast_bf16("flags : fpu sse sse2 avx avx2 fma")  # AVX2 only: bf16 is emulated
+    assert not cpu_has_fast_bf16("flags : fpu avx512f avx512bw avx512vl")
