@@ -46,16 +46,33 @@ def time_dependent_baseline(returns: Tensor, mask: Tensor | None = None, leave_o
 
 def optimal_baseline(returns: Tensor, grad_sq: Tensor, mask: Tensor | None = None,
                      per_timestep: bool = True, leave_one_out: bool = False) -> Tensor:
-    """Minimum-variance b = sum g^2 G / sum g^2 (Greensmith et al. 2004; seed ch. 7); (N, T) -> (N, T).
+    """Minimum-variance baseline b_k = sum_i g_ik^2 G_i / sum_i g_ik^2, one per parameter k (seed ch. 7, "optimal
+    (minimum variance)"; Peters & Schaal 2008); returns (N, T), grad_sq (N, T, P) -> b (N, T, P).
 
-    `grad_sq` (N, T) is ||grad_theta log pi(a_t|s_t)||^2 for each step. Per time step (sums over the batch) by
-    default, or one scalar for the batch with per_timestep=False. Steps with g = 0 everywhere get b = 0.
-    leave_one_out: as in `constant_baseline`, trajectory i's b uses only the other trajectories' sums.
+    `grad_sq[i, t, k]` = (d log pi(a_t|s_t) / d theta_k)^2 of step t of trajectory i. Each b_k minimizes the
+    variance of its own component of the estimate, sum_i g_ik (G_i - b_k), so the per-parameter b lowers the
+    variance of the whole estimate at least as much as any single number does. With grad_sq (N, T) =
+    ||grad log pi||^2 it is that best single number, b = sum ||g||^2 G / sum ||g||^2 (minimizing the trace of the
+    covariance), shape (N, T). The sums run over the batch per time step (the seed's reward-to-go form), or over
+    every step with per_timestep=False. Where every weight is 0, b = 0. leave_one_out: as in `constant_baseline`,
+    trajectory i's b uses only the other trajectories' sums.
     """
     m = _mask(mask, returns)
+    if grad_sq.dim() == returns.dim() + 1:  # per parameter: the trailing axis is theta's
+        returns, m = returns.unsqueeze(-1), m.unsqueeze(-1)
     w = grad_sq.to(returns.dtype) * m
     return _weighted_mean(w * returns, w, per_timestep=per_timestep, leave_one_out=leave_one_out,
                           min_den=torch.finfo(returns.dtype).tiny)
+
+
+def policy_gradient_estimate(scores: Tensor, advantages: Tensor, mask: Tensor | None = None) -> Tensor:
+    """The REINFORCE estimate g = 1/N sum_i sum_t grad log pi(a_t|s_t) A_t (seed eqs. 19-20) from per-step score
+    vectors; scores (N, T, P), advantages (N, T), or (N, T, P) for a per-parameter baseline -> (P,).
+
+    For advantages (N, T) it is minus the gradient of policy_gradient_loss(logp, A, mask, mode="sum") / N."""
+    A = advantages if advantages.dim() == scores.dim() else advantages.unsqueeze(-1)
+    m = _mask(mask, scores[..., 0]).unsqueeze(-1)
+    return (scores * A * m).sum(dim=(0, 1)) / scores.shape[0]
 
 
 def value_loss(values: Tensor, returns: Tensor, old_values: Tensor | None = None, clip: float | None = None,
