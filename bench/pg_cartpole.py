@@ -83,11 +83,11 @@ def run_ours(name: str, seed: int, run_root: Path) -> dict:
     return res
 
 
-def run_sb3(seed: int, one_thread: bool = False) -> dict:
+def run_sb3(seed: int, one_thread: bool = False, anchor: Path = ANCHOR) -> dict:
     """The anchor script as-is; `one_thread` runs it with OMP_NUM_THREADS=1 (torch then uses one thread, as our
     agents do: on a shared 2-core box SB3's default two threads spin-wait for each other)."""
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if one_thread else None
-    res = run_json([sys.executable, str(ANCHOR), "ppo", str(seed), "100000"], env)
+    res = run_json([sys.executable, str(anchor), "ppo", str(seed), "100000"], env)
     return {"seed": seed, "total_timesteps": res["total_steps"], "wall_s": res["wall_s"],
             "steps_to_solve": res["steps_to_475"], "eval_mean_return": res["eval_mean_return"],
             "process_cpu_s": res["process_cpu_s"]}
@@ -168,6 +168,7 @@ def main() -> None:
                         help=f"subset of: sb3_ppo sb3_ppo_1thread {' '.join(RUNS)} (default: all but sb3_ppo_1thread)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "pg_cartpole.json"))
     parser.add_argument("--run_root", default=str(ROOT / "runs" / "bench_pg"))
+    parser.add_argument("--anchor", default=str(ANCHOR), help="path of sb3_cartpole.py")
     args = parser.parse_args()
     names = args.only or ["sb3_ppo", *RUNS]
     unknown = sorted(set(names) - {"sb3_ppo", "sb3_ppo_1thread", *RUNS})
@@ -181,7 +182,7 @@ def main() -> None:
     for seed in args.seeds:  # seed-major, so SB3 and ours see the machine in the same state
         for name in names:
             if name.startswith("sb3_ppo"):
-                res = run_sb3(seed, one_thread=name == "sb3_ppo_1thread")
+                res = run_sb3(seed, one_thread=name == "sb3_ppo_1thread", anchor=Path(args.anchor))
             else:
                 res = run_ours(name, seed, Path(args.run_root))
             results[name].append(res)

@@ -39,13 +39,16 @@ class DQNConfig(RunConfig):
     num_envs: int = field(default=1, metadata={"help": "Synchronous env copies stepped together."})
     # Variants (each combines freely with the others).
     double: bool = field(default=True, metadata={
-        "help": "Double DQN: the online net picks argmax_a Q(s',a), the target net evaluates it (van Hasselt 2016)."})
+        "help": "Double DQN: the online net picks argmax_a Q(s',a), the target net evaluates it (van Hasselt 2016).",
+        "help_off": "The DQN target: the target net both picks and evaluates max_a Q(s',a)."})
     dueling: bool = field(default=True, metadata={
-        "help": "Dueling head Q = V + A - mean A (Wang 2016)."})
+        "help": "Dueling head Q = V + A - mean A (Wang 2016).", "help_off": "One linear head for Q(s, .)."})
     prioritized: bool = field(default=True, metadata={
-        "help": "Proportional prioritized experience replay with IS weights (Schaul 2016)."})
+        "help": "Proportional prioritized experience replay with IS weights (Schaul 2016).",
+        "help_off": "Uniform replay: every stored transition equally likely, no IS weights."})
     noisy: bool = field(default=True, metadata={
-        "help": "Noisy Nets: factorized Gaussian NoisyLinear layers explore instead of epsilon (Fortunato 2018)."})
+        "help": "Noisy Nets: factorized Gaussian NoisyLinear layers explore instead of epsilon (Fortunato 2018).",
+        "help_off": "Plain linear layers; epsilon-greedy exploration (the exploration_* settings)."})
     n_step: int = field(default=5, metadata={"help": "k of the k-step return target (1 = one-step DQN target)."})
     # Network and optimizer.
     hidden_sizes: list[int] = field(default_factory=lambda: [128, 128], metadata={"help": "MLP hidden widths."})
