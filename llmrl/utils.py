@@ -78,7 +78,7 @@ def close_flags(flag: str, names: Sequence[str]) -> list[str]:
     (`--env` -> env_id, `--lr` -> learning_rate), else difflib's close matches (`--learning_rat`)."""
     name = flag.lstrip("-").split("=", 1)[0].replace("-", "_")
     found = [c for c in names if c.startswith(name) or ("_" in c and "".join(w[0] for w in c.split("_")) == name)]
-    return found[:3] or difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    return found[:3] or difflib.get_close_matches(name, names, n=3, cutoff=0.55)
 
 
 def parse_config(cls: type | tuple[type, ...], argv: Sequence[str] | None = None,
