@@ -14,15 +14,32 @@ def _mask(mask: Tensor | None, like: Tensor) -> Tensor:
     return torch.ones_like(like) if mask is None else mask.to(like.dtype)
 
 
+def _sum_of_others(x: Tensor) -> Tensor:
+    """sum_{j != i} x_j over dim 0, for every row i: the rows before i plus the rows after i, never total - x_i,
+    whose cancellation leaves garbage (a 0 denominator under a nonzero numerator) when row i dominates."""
+    out, acc = torch.empty_like(x), torch.zeros_like(x[0])
+    for i in range(len(x)):  # rows before i
+        out[i] = acc
+        acc += x[i]
+    acc.zero_()
+    for i in reversed(range(len(x))):  # rows after i
+        out[i] += acc
+        acc += x[i]
+    return out
+
+
 def _weighted_mean(num: Tensor, den: Tensor, per_timestep: bool, leave_one_out: bool, min_den: float) -> Tensor:
     """sum num / sum den over the batch (per time step: over dim 0 only), each row i optionally leaving out its
-    own terms; num, den (N, T) -> (N, T)."""
-    dims = (0,) if per_timestep else (0, 1)
-    total_num, total_den = num.sum(dim=dims, keepdim=True), den.sum(dim=dims, keepdim=True)
-    if leave_one_out:  # take away what row i contributed to the totals
-        total_num = total_num - (num if per_timestep else num.sum(dim=1, keepdim=True))
-        total_den = total_den - (den if per_timestep else den.sum(dim=1, keepdim=True))
-    return (total_num / total_den.clamp(min=min_den)).expand_as(num)
+    own terms; num, den (N, T, ...) -> (N, T, ...)."""
+    shape = num.shape
+    if leave_one_out:
+        if not per_timestep:  # one sum per row first
+            num, den = num.sum(dim=1, keepdim=True), den.sum(dim=1, keepdim=True)
+        num, den = _sum_of_others(num), _sum_of_others(den)
+    else:
+        dims = (0,) if per_timestep else (0, 1)
+        num, den = num.sum(dim=dims, keepdim=True), den.sum(dim=dims, keepdim=True)
+    return (num / den.clamp(min=min_den)).expand(shape)
 
 
 def constant_baseline(returns: Tensor, mask: Tensor | None = None, leave_one_out: bool = False) -> Tensor:

@@ -181,3 +181,18 @@ def test_leave_one_out_baseline_with_no_other_row_is_zero():
     b = time_dependent_baseline(G, mask, leave_one_out=True)
     torch.testing.assert_close(b, torch.tensor([[3.0, 0.0], [1.0, 2.0]], dtype=torch.float64))
     assert torch.isfinite(optimal_baseline(G, torch.ones_like(G), mask, leave_one_out=True)).all()
+
+
+def test_leave_one_out_is_exact_when_one_trajectory_dominates():
+    # Per parameter, one episode's squared score can exceed the others' by more than 1/eps. Taking row i out of
+    # the total by subtraction then cancels: 1e10 + 1e-10 - 1e10 = 0 in the denominator under a nonzero rounding
+    # residue in the numerator, so b came out 0 or ~1e300 instead of the other rows' own weighted mean.
+    G = torch.tensor([[1.0 / 3.0], [2.0], [5.0]], dtype=torch.float64)
+    w = torch.tensor([[1e10], [1e-10], [3e-10]], dtype=torch.float64)
+    b = optimal_baseline(G, w, leave_one_out=True)
+    expected = [(2.0 * 1e-10 + 5.0 * 3e-10) / 4e-10,  # = 4.25: the two small rows' own weighted mean
+                (1e10 / 3.0 + 5.0 * 3e-10) / (1e10 + 3e-10), (1e10 / 3.0 + 2.0 * 1e-10) / (1e10 + 1e-10)]
+    torch.testing.assert_close(b[:, 0], torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=0)
+    per_parameter = optimal_baseline(G, torch.cat([w, w.flip(0)], dim=1)[:, None, :], leave_one_out=True)
+    assert torch.isfinite(per_parameter).all()
+    torch.testing.assert_close(per_parameter[:, 0, 0], b[:, 0], rtol=1e-12, atol=0)
