@@ -63,13 +63,15 @@ def bench_lock(path: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def run_ours(variant: str, seed: int, steps: int, overrides: dict) -> dict:
+def run_ours(variant: str, seed: int, steps: int, overrides: dict, run_root: str) -> dict:
     settings = {s: False for s in SWITCHES} | VARIANTS[variant] | overrides
-    cfg = DQNConfig(seed=seed, total_timesteps=steps, eval_episodes=20, eval_seed=1000, **settings)
+    cfg = DQNConfig(seed=seed, total_timesteps=steps, eval_episodes=20, eval_seed=1000,
+                    output_dir=os.path.join(run_root, f"{variant}_s{seed}"), overwrite_output_dir=True,
+                    report_to="none", progress_bar=False, **settings)
     res = train_dqn(cfg)
     return {"name": variant, "seed": seed, "total_steps": steps, "wall_s": round(res.wall_s, 2),
-            "steps_to_475": res.solved_at, "eval_mean_return": float(np.mean(res.eval_returns)),
-            "episodes": len(res.episode_returns), "gradient_steps": res.gradient_steps}
+            "steps_to_475": res.steps_to_solve, "eval_mean_return": res.eval_mean_return,
+            "episodes": len(res.episode_returns), "gradient_steps": res.info["gradient_steps"]}
 
 
 def run_sb3(name: str, seed: int, steps: int, anchor: str) -> dict:
@@ -119,6 +121,7 @@ def main(argv=None):
     ap.add_argument("--lock", default=LOCK, help="lock file held during each run ('' = none; do not also wrap "
                     "this command in flock on the same file: it would wait for itself)")
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results", "dqn_cartpole.json"))
+    ap.add_argument("--run_root", default=os.path.join(REPO, "runs", "bench_dqn"), help="each run's output_dir")
     args = ap.parse_args(argv)
 
     overrides = {}
@@ -134,7 +137,7 @@ def main(argv=None):
         for name in names:
             with bench_lock(args.lock):
                 row = run_sb3(name, seed, args.steps, args.anchor) if name.startswith("sb3") else \
-                    run_ours(name, seed, args.steps, overrides)
+                    run_ours(name, seed, args.steps, overrides, args.run_root)
             rows.append(row)
             print(json.dumps(row), flush=True)
 

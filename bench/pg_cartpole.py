@@ -39,7 +39,7 @@ RUNS = {
     "kl_ppo": ("kl_ppo_cartpole", [], 200_000),
     "a2c": ("a2c_cartpole", [], 200_000),
     "trpo": ("trpo_cartpole", [], 200_000),
-    **{f"reinforce_{b}": ("reinforce_cartpole", ["--baseline", b] + (["--report_variance", "True"] if b == "value"
+    **{f"reinforce_{b}": ("reinforce_cartpole", ["--baseline", b] + (["--report_variance"] if b == "value"
                                                                     else []), 300_000) for b in BASELINES},
     "ppo_pendulum": ("ppo_pendulum", [], None),
 }
@@ -65,10 +65,10 @@ def run_json(cmd: list[str], env: dict | None = None) -> dict:
 def run_ours(name: str, seed: int, run_root: Path) -> dict:
     recipe, flags, budget = RUNS[name]
     run_dir = run_root / f"{name}_s{seed}"
-    cmd = [sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), "--seed", str(seed), "--run_dir", str(run_dir),
-           "--progress", "False", "--tensorboard", "False", *flags]
+    cmd = [sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), "--seed", str(seed), "--output_dir", str(run_dir),
+           "--overwrite_output_dir", "--no_progress_bar", "--report_to", "none", *flags]
     if budget is not None:
-        cmd += ["--total_steps", str(budget)]
+        cmd += ["--total_timesteps", str(budget)]
     res = run_json(cmd)
     # Learning speed beyond the single crossing of 475: the mean return of the training episodes that ended in
     # the first 100k steps (the area under the learning curve, less noisy than steps-to-475).
@@ -83,12 +83,12 @@ def run_ours(name: str, seed: int, run_root: Path) -> dict:
     return res
 
 
-def run_sb3(seed: int, one_thread: bool = False) -> dict:
+def run_sb3(seed: int, one_thread: bool = False, anchor: Path = ANCHOR) -> dict:
     """The anchor script as-is; `one_thread` runs it with OMP_NUM_THREADS=1 (torch then uses one thread, as our
     agents do: on a shared 2-core box SB3's default two threads spin-wait for each other)."""
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if one_thread else None
-    res = run_json([sys.executable, str(ANCHOR), "ppo", str(seed), "100000"], env)
-    return {"seed": seed, "total_steps": res["total_steps"], "wall_s": res["wall_s"],
+    res = run_json([sys.executable, str(anchor), "ppo", str(seed), "100000"], env)
+    return {"seed": seed, "total_timesteps": res["total_steps"], "wall_s": res["wall_s"],
             "steps_to_solve": res["steps_to_475"], "eval_mean_return": res["eval_mean_return"],
             "process_cpu_s": res["process_cpu_s"]}
 
@@ -109,7 +109,8 @@ def summary_row(name: str, runs: list[dict]) -> str:
     wall = [r["wall_s"] for r in runs]
     cpu = [r["process_cpu_s"] for r in runs]
     evals = [r["eval_mean_return"] for r in runs]
-    return (f"| {name} | {runs[0]['total_steps'] / 1000:.0f}k | {len(solved)}/{len(runs)} | {_fmt(med)} | {per_seed} | "
+    return (f"| {name} | {runs[0]['total_timesteps'] / 1000:.0f}k | {len(solved)}/{len(runs)} | {_fmt(med)} | "
+            f"{per_seed} | "
             f"{statistics.fmean(evals):.1f} (min {min(evals):.0f}) | {_median(wall):.1f} | {_median(cpu):.1f} |")
 
 
@@ -155,7 +156,7 @@ def tables(results: dict) -> str:
         evals = [r["eval_mean_return"] for r in runs]
         lines += ["", "### PPO on Pendulum-v1", "", "| budget | eval return per seed | mean | wall s (median) |",
                   "|---|---|---|---|",
-                  f"| {runs[0]['total_steps'] / 1000:.0f}k | {', '.join(f'{e:.0f}' for e in evals)} | "
+                  f"| {runs[0]['total_timesteps'] / 1000:.0f}k | {', '.join(f'{e:.0f}' for e in evals)} | "
                   f"{statistics.fmean(evals):.1f} | {_median([r['wall_s'] for r in runs]):.1f} |"]
     return "\n".join(lines)
 
@@ -167,6 +168,7 @@ def main() -> None:
                         help=f"subset of: sb3_ppo sb3_ppo_1thread {' '.join(RUNS)} (default: all but sb3_ppo_1thread)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "pg_cartpole.json"))
     parser.add_argument("--run_root", default=str(ROOT / "runs" / "bench_pg"))
+    parser.add_argument("--anchor", default=str(ANCHOR), help="path of sb3_cartpole.py")
     args = parser.parse_args()
     names = args.only or ["sb3_ppo", *RUNS]
     unknown = sorted(set(names) - {"sb3_ppo", "sb3_ppo_1thread", *RUNS})
@@ -180,7 +182,7 @@ def main() -> None:
     for seed in args.seeds:  # seed-major, so SB3 and ours see the machine in the same state
         for name in names:
             if name.startswith("sb3_ppo"):
-                res = run_sb3(seed, one_thread=name == "sb3_ppo_1thread")
+                res = run_sb3(seed, one_thread=name == "sb3_ppo_1thread", anchor=Path(args.anchor))
             else:
                 res = run_ours(name, seed, Path(args.run_root))
             results[name].append(res)

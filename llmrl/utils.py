@@ -1,30 +1,126 @@
-"""Plumbing shared by the classic agents and the LLM trainer: CLI parsing of dataclass configs, seeding,
-atomic file writes, and a metrics logger (JSONL that `llmrl-plot` reads, plus TensorBoard scalars)."""
+"""Plumbing shared by the classic agents and the LLM trainer: the command line of the recipes (dataclass configs
+as flags, one-line errors), seeding, atomic file writes, run directories, and a metrics logger (JSONL that
+`llmrl-plot` reads, plus TensorBoard scalars)."""
 from __future__ import annotations
 
+import argparse
+import copy
 import dataclasses
+import difflib
 import json
 import os
 import random
+import secrets
+import shutil
 import sys
-import tempfile
 import time
-from typing import Any, Sequence, TypeVar
+import typing
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-C = TypeVar("C")
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)  # what our validation raises for a user's mistake
 
 
-def parse_config(cls: type[C], argv: Sequence[str] | None = None) -> C:
-    """Parse `--field value` flags into the dataclass `cls` (transformers.HfArgumentParser; `--help` lists each
-    field with its metadata["help"]). Unknown flags are an error naming them."""
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def _config_parser(classes: Sequence[type], defaults: dict[str, Any] | None):
+    """transformers.HfArgumentParser for `classes` with no abbreviations (`--env` is not guessed to be `--env_id`),
+    each class's `ALIASES: ClassVar[dict[str, str]]` (alias flag -> field) accepted as that field, one-line errors,
+    and `--no_FIELD` help (a bool field that defaults to True) taken from the field's metadata["help_off"]."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(cls)
-    (cfg,) = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
-    return cfg
+    class ConfigParser(HfArgumentParser):
+        def _add_dataclass_arguments(self, dtype):
+            hints = typing.get_type_hints(dtype)
+            aliases = getattr(dtype, "ALIASES", {})
+            missing = sorted(set(aliases.values()) - {f.name for f in dataclasses.fields(dtype)})
+            if missing:
+                raise TypeError(f"{dtype.__name__}.ALIASES names {missing}, which are not fields")
+            for f in dataclasses.fields(dtype):
+                if not f.init:
+                    continue
+                meta = dict(f.metadata)
+                help_off = meta.pop("help_off", f"Same as --{f.name} False.")
+                meta["aliases"] = [f"--{alias}" for alias, name in aliases.items() if name == f.name]
+                f = copy.copy(f)
+                f.type, f.metadata = hints[f.name], meta
+                self._parse_dataclass_field(self, f)
+                off = self._actions[-1]
+                if off.option_strings[0] == f"--no_{f.name}":
+                    # the field's own flag sets the default; SUPPRESS keeps "(default: False)" off this help line
+                    off.help, off.default = help_off, argparse.SUPPRESS
+
+        def error(self, message):  # argparse prints its usage block first: one line is enough
+            fail(message)
+
+    parser = ConfigParser(list(classes), allow_abbrev=False)
+    if defaults:
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(defaults) - known)
+        if unknown:
+            raise TypeError(f"parse_config defaults name no field: {unknown}")
+        parser.set_defaults(**defaults)
+    return parser
+
+
+def fail(message: str) -> None:
+    """A command-line error: one line `error: MESSAGE` on stderr, exit code 2 (argparse's code)."""
+    print(f"error: {_one_line(message)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def close_flags(flag: str, names: Sequence[str]) -> list[str]:
+    """Up to 3 of `names` close to an unknown `--flag`: those it begins or whose initials it spells
+    (`--env` -> env_id, `--lr` -> learning_rate), else difflib's close matches (`--learning_rat`)."""
+    name = flag.lstrip("-").split("=", 1)[0].replace("-", "_")
+    found = [c for c in names if c.startswith(name) or ("_" in c and "".join(w[0] for w in c.split("_")) == name)]
+    return found[:3] or difflib.get_close_matches(name, names, n=3, cutoff=0.55)
+
+
+def parse_config(cls: type | tuple[type, ...], argv: Sequence[str] | None = None,
+                 defaults: dict[str, Any] | None = None) -> Any:
+    """Parse `--field value` flags into the dataclass `cls` (or into each of a tuple of dataclasses, returning a
+    tuple). `defaults` replaces field defaults (a recipe's own settings; `--help` shows them). `--help` lists every
+    field with its metadata["help"]. A flag error prints one line `error: ...` (an unknown flag with the closest
+    field names) and exits with code 2; a value the config's `__post_init__` refuses raises its ValueError (see
+    `cli_main`)."""
+    classes = cls if isinstance(cls, tuple) else (cls,)
+    parser = _config_parser(classes, defaults)
+    namespace, unknown = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    if unknown:
+        flag = next((a for a in unknown if a.startswith("-")), unknown[0])
+        if not flag.startswith("-"):
+            fail(f"unexpected argument {flag!r} (every setting is a --flag; see --help)")
+        names = sorted({a.dest for a in parser._actions if a.dest != "help"}
+                       | {alias for c in classes for alias in getattr(c, "ALIASES", {})})
+        close = close_flags(flag, names)
+        fail(f"unknown flag {flag.split('=', 1)[0]}" +
+             (f"; did you mean {' or '.join('--' + c for c in close)}?" if close else "; see --help"))
+    values = vars(namespace)
+    configs = tuple(c(**{f.name: values[f.name] for f in dataclasses.fields(c) if f.init}) for c in classes)
+    return configs if isinstance(cls, tuple) else configs[0]
+
+
+def cli_main(main: Callable[[], Any]) -> None:
+    """Run a recipe's `main()`. A user's mistake (a ValueError, FileNotFoundError or FileExistsError from our
+    validation) ends in one line `error: MESSAGE` on stderr and exit code 2, Ctrl-C in `interrupted` and 130; any
+    other exception is a bug and keeps its traceback. LLMRL_DEBUG=1 shows the traceback of user errors too."""
+    try:
+        main()
+    except USER_ERRORS as e:
+        if os.environ.get("LLMRL_DEBUG") == "1":
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        if os.environ.get("LLMRL_DEBUG") == "1":
+            raise
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -51,15 +147,22 @@ def set_rng_state(state: dict) -> None:
 
 
 def atomic_write_text(path: str, text: str) -> None:
-    """Write a text file so that a reader sees the old or the new content, never half of it (write + rename)."""
+    """Write a text file so that a reader sees the old or the new content, never half of it (write + rename).
+    The file gets the permissions of any new file (0666 less the umask), not a temporary file's 0600."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = os.path.join(d, f".tmp-{secrets.token_hex(8)}-{os.path.basename(path)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def truncate_jsonl(path: str, max_step: int) -> None:
@@ -82,6 +185,19 @@ def truncate_jsonl(path: str, max_step: int) -> None:
 def config_dict(cfg: Any) -> dict:
     """A dataclass config as a JSON-safe dict."""
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def prepare_output_dir(output_dir: str, overwrite: bool, run_files: Sequence[str]) -> None:
+    """Make `output_dir` ready for a new run. If it holds any of `run_files` (an earlier run's files or folders),
+    refuse with one line naming --overwrite_output_dir, or with `overwrite` delete them: two runs' logs and
+    TensorBoard events never mix. Call it before anything of the run is written."""
+    old = sorted(name for name in run_files if os.path.exists(os.path.join(output_dir, name)))
+    if old and not overwrite:
+        raise FileExistsError(f"output_dir {output_dir} already holds a run ({', '.join(old[:3])}); pass "
+                              f"--overwrite_output_dir to replace it, or choose another --output_dir")
+    for name in old:
+        path = os.path.join(output_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
 
 
 class RunLogger:

@@ -1,29 +1,35 @@
 """Value iteration or policy iteration on FrozenLake (8x8 by default), solved exactly from the env's own model.
 
     python recipes/dp_frozenlake.py [--algo vi|pi] [--map_name 8x8|4x4] [--is_slippery True|False]
-                                    [--gamma 0.99] [--tol 1e-8] [--horizon H] [--help for every field]
+                                    [--gamma 0.99] [--tol 1e-8] [--horizon H] [--help for every setting]
 
 Prints V* as a grid, the greedy policy as arrows (H = hole, G = goal), the iteration count and time, and checks the
 policy in the real env: its success rate over --eval_episodes seeded episodes against the exact probability of
 reaching G within the env's time limit (finite-horizon evaluation on the same MDP).
 """
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 
-import gymnasium as gym
-import numpy as np
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a clone, uninstalled
 
-from llmrl.classic.dp import policy_evaluation, policy_iteration, policy_matrices, value_iteration
-from llmrl.classic.mdp import ARROWS, TabularMDP
-from llmrl.utils import parse_config
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+
+from llmrl.classic.dp import policy_evaluation, policy_iteration, policy_matrices, value_iteration  # noqa: E402
+from llmrl.classic.mdp import ARROWS, TabularMDP  # noqa: E402
+from llmrl.utils import cli_main, parse_config  # noqa: E402
 
 
 @dataclass
 class DPConfig:
     algo: str = field(default="vi", metadata={"help": "vi (value iteration) or pi (policy iteration)."})
     map_name: str = field(default="8x8", metadata={"help": "FrozenLake map: 4x4 or 8x8."})
-    is_slippery: bool = field(default=True, metadata={"help": "Slippery ice (the intended move w.p. 1/3)."})
-    gamma: float = field(default=0.99, metadata={"help": "Discount factor in [0, 1)."})
+    is_slippery: bool = field(default=True, metadata={"help": "Slippery ice (the intended move w.p. 1/3).",
+                                                      "help_off": "Every move goes where intended."})
+    gamma: float = field(default=0.99, metadata={
+        "help": "Discount factor in [0, 1]; 1 values each state by its probability of ever reaching the goal."})
     tol: float = field(default=1e-8, metadata={"help": "VI: the greedy policy is tol-optimal (by the --stop rule)."})
     stop: str = field(default="sup", metadata={"help": "VI stopping rule: sup or span (see llmrl.classic.dp)."})
     evaluation: str = field(default="exact", metadata={"help": "PI policy evaluation: exact or iterative."})
@@ -63,7 +69,8 @@ def success_rate(env, policy, episodes, seed) -> float:
     return wins / episodes
 
 
-def main(cfg: DPConfig) -> None:
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(DPConfig, argv)
     env = gym.make("FrozenLake-v1", map_name=cfg.map_name, is_slippery=cfg.is_slippery)
     mdp = TabularMDP.from_gymnasium(env, gamma=cfg.gamma)
     desc = ["".join(c.decode() if isinstance(c, bytes) else c for c in row) for row in env.unwrapped.desc]
@@ -97,4 +104,4 @@ def main(cfg: DPConfig) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_config(DPConfig))
+    cli_main(main)

@@ -3,29 +3,32 @@ returns), which solves CartPole within 50k env steps; every variant is a switch.
 
     python recipes/dqn_cartpole.py [--seed 1] [--total_timesteps 50000]
         [--double True|False] [--dueling True|False] [--prioritized True|False] [--noisy True|False]
-        [--n_step 3] [--optimizer adam|rmsprop] [--tau 0.005 --target_update_interval 1] [--help for every field]
+        [--n_step 3] [--optimizer adam|rmsprop] [--tau 0.005 --target_update_interval 1] [--help for every setting]
 
-    e.g. plain DQN (Algorithm 6): --double False --dueling False --prioritized False --noisy False --n_step 1
+    e.g. plain DQN (Algorithm 6): --no_double --no_dueling --no_prioritized --no_noisy --n_step 1
 
 Prints the run summary as JSON (steps until the mean of the last 20 episodes reaches 475, deterministic
-evaluation over 20 episodes, wall time); metrics (metrics.jsonl, TensorBoard under tb/) and the trained agent
-(load it with `llmrl.classic.dqn.DQNAgent.load`) go to --run_dir (runs/dqn_cartpole).
+evaluation over 20 episodes, wall time, gradient steps); metrics (metrics.jsonl, TensorBoard under tb/) and the
+trained agent (agent/, read back by `llmrl.classic.load_agent`) go to --output_dir (runs/dqn_cartpole).
 """
 import json
+import os
 import sys
 
-import numpy as np
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a clone, uninstalled
 
-from llmrl.classic.dqn import DQNConfig, train_dqn
-from llmrl.utils import parse_config
+from llmrl.classic.dqn import DQNConfig, train_dqn  # noqa: E402
+from llmrl.utils import cli_main, parse_config  # noqa: E402
 
-DEFAULTS = ["--env_id", "CartPole-v1", "--total_timesteps", "50000", "--run_dir", "runs/dqn_cartpole",
-            "--progress_bar", "True"]
+# This recipe's settings; every other setting keeps the config's default, and every setting is a flag.
+RECIPE = {"env_id": "CartPole-v1", "total_timesteps": 50_000, "output_dir": "runs/dqn_cartpole"}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    summary = train_dqn(parse_config(DQNConfig, argv, defaults=RECIPE)).summary()
+    print(json.dumps(summary))
+    return summary
+
 
 if __name__ == "__main__":
-    cfg = parse_config(DQNConfig, DEFAULTS + sys.argv[1:])
-    res = train_dqn(cfg)
-    print(json.dumps({"env_id": cfg.env_id, "seed": cfg.seed, "env_steps": res.env_steps,
-                      "gradient_steps": res.gradient_steps, "episodes": len(res.episode_returns),
-                      "steps_to_475": res.solved_at, "eval_mean_return": float(np.mean(res.eval_returns)),
-                      "wall_s": round(res.wall_s, 1), "run_dir": cfg.run_dir}))
+    cli_main(main)

@@ -1,16 +1,27 @@
 """TRPO (natural gradient by conjugate gradient, backtracking line search under max KL) on CartPole-v1.
 
-    python recipes/trpo_cartpole.py [--seed 1] [--max_kl 0.01] [--help for every field]
+    python recipes/trpo_cartpole.py [--seed 1] [--max_kl 0.01] [--help for every setting]
 
-Prints the run summary as JSON; metrics and the agent go to --run_dir (runs/trpo_cartpole).
+Prints the run summary as JSON; metrics and the agent go to --output_dir (runs/trpo_cartpole).
 """
 import json
+import os
 import sys
 
-from llmrl.classic.trpo import TRPOConfig, train_trpo
-from llmrl.utils import parse_config
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a clone, uninstalled
 
-DEFAULTS = ["--env_id", "CartPole-v1", "--total_steps", "200000", "--run_dir", "runs/trpo_cartpole"]
+from llmrl.classic.trpo import TRPOConfig, train_trpo  # noqa: E402
+from llmrl.utils import cli_main, parse_config  # noqa: E402
+
+# This recipe's settings; every other setting keeps the config's default, and every setting is a flag.
+RECIPE = {"env_id": "CartPole-v1", "total_timesteps": 200_000, "output_dir": "runs/trpo_cartpole"}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    summary = train_trpo(parse_config(TRPOConfig, argv, defaults=RECIPE)).summary()
+    print(json.dumps(summary))
+    return summary
+
 
 if __name__ == "__main__":
-    print(json.dumps(train_trpo(parse_config(TRPOConfig, DEFAULTS + sys.argv[1:]))))
+    cli_main(main)

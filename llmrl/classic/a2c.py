@@ -12,9 +12,9 @@ import torch
 from torch import Tensor
 
 from ..objectives import gae, n_step_returns, policy_gradient_loss, value_loss, whiten
-from .common import clip_grad_norm_flat_, flat_parameters, make_vec_env
-from .policies import Actor, Critic, build_actor_critic, load_actor_critic
-from .rollout import OnPolicyConfig, OnPolicyRun, Rollout, RolloutCollector
+from .common import make_vec_env
+from .rollout import Rollout, RolloutCollector
+from .run import OnPolicyConfig, Run, RunResult
 
 ADVANTAGES = ("nstep", "gae")
 OPTIMIZERS = ("adam", "rmsprop")
@@ -24,7 +24,8 @@ OPTIMIZERS = ("adam", "rmsprop")
 class A2CConfig(OnPolicyConfig):
     """A2C; defaults solve CartPole-v1 (recipes/a2c_cartpole.py)."""
 
-    total_steps: int = field(default=200_000, metadata={"help": "env steps to train for (summed over envs)"})
+    total_timesteps: int = field(default=200_000, metadata={"help": "env steps to train for (summed over envs)"})
+    output_dir: str = field(default="runs/a2c", metadata={"help": "metrics, TensorBoard logs and agent/ go here"})
     num_steps: int = field(default=8, metadata={"help": "steps per env per rollout (T)"})
     advantage: str = field(default="gae", metadata={"help": "nstep (eq. 23: G^(k) - V) | gae (eq. 24)"})
     n_step: Optional[int] = field(default=None, metadata={
@@ -34,8 +35,8 @@ class A2CConfig(OnPolicyConfig):
     learning_rate: float = field(default=1e-3, metadata={"help": "step size"})
     vf_coef: float = field(default=1.0, metadata={"help": "weight of the value loss 1/2 (V - G)^2"})
     ent_coef: float = field(default=0.0, metadata={"help": "weight of the entropy bonus"})
-    normalize_advantage: bool = field(default=True, metadata={"help": "whiten advantages per rollout"})
-    run_dir: str = field(default="runs/a2c_cartpole", metadata={"help": "where metrics and the agent go"})
+    normalize_advantage: bool = field(default=True, metadata={
+        "help": "whiten advantages per rollout", "help_off": "use the raw advantages"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -61,43 +62,36 @@ def a2c_advantages(ro: Rollout, cfg: A2CConfig) -> tuple[Tensor, Tensor]:
     return returns - ro.values, returns
 
 
-def train_a2c(cfg: A2CConfig) -> dict:
-    """Train A2C from `cfg`; returns the run summary (steps to solve, evaluation return, wall time)."""
-    run = OnPolicyRun(cfg)
-    envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
-    actor, critic = build_actor_critic(cfg, envs)
-    parameters = flat_parameters(actor, critic)  # one tensor: one optimizer op, one norm for the clipping
-    if cfg.optimizer == "adam":
-        optimizer = torch.optim.Adam([parameters], lr=cfg.learning_rate, eps=1e-5, fused=True)
-    else:
-        optimizer = torch.optim.RMSprop([parameters], lr=cfg.learning_rate, alpha=0.99, eps=1e-5)
-    collector = RolloutCollector(envs, actor, critic, cfg.num_steps, run, cfg.seed)
+def train_a2c(cfg: A2CConfig) -> RunResult:
+    """Train A2C from `cfg`; the trained agent and the run's figures (steps to solve, evaluation, wall time)."""
+    with Run(cfg) as run:
+        envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
+        networks = cfg.build_networks(envs)
+        actor, critic = networks["actor"], networks["critic"]
+        parameters = [*actor.parameters(), *critic.parameters()]
+        if cfg.optimizer == "adam":
+            optimizer = torch.optim.Adam(parameters, lr=cfg.learning_rate, eps=1e-5, fused=True)
+        else:
+            optimizer = torch.optim.RMSprop(parameters, lr=cfg.learning_rate, alpha=0.99, eps=1e-5, foreach=True)
+        collector = RolloutCollector(envs, actor, critic, cfg.num_steps, run, cfg.seed)
 
-    run.start()
-    while run.step < cfg.total_steps:
-        ro = collector.collect()
-        advantages, returns = a2c_advantages(ro, cfg)
-        if cfg.normalize_advantage:
-            advantages = whiten(advantages)
+        run.start()
+        while run.step < cfg.total_timesteps:
+            ro = collector.collect()
+            advantages, returns = a2c_advantages(ro, cfg)
+            if cfg.normalize_advantage:
+                advantages = whiten(advantages)
 
-        params = actor(ro.obs)
-        policy_loss = policy_gradient_loss(actor.log_prob(params, ro.actions), advantages, None)  # no padding
-        v_loss = value_loss(critic(ro.obs), returns)
-        ent = actor.entropy(params).mean()
-        loss = policy_loss + cfg.vf_coef * v_loss
-        if cfg.ent_coef:  # (no backward pass through an unused entropy term)
-            loss = loss - cfg.ent_coef * ent
-        optimizer.zero_grad(set_to_none=False)
-        loss.backward()
-        if cfg.max_grad_norm > 0:
-            clip_grad_norm_flat_(parameters, cfg.max_grad_norm)
-        optimizer.step()
-        run.log({"policy_loss": policy_loss, "value_loss": v_loss, "entropy": ent})
-
-    envs.close()
-    return run.finish(actor, {"actor": actor, "critic": critic})
-
-
-def load_a2c(path: str) -> tuple[Actor, Critic, A2CConfig]:
-    """The (actor, critic, config) saved by `train_a2c` in `path`."""
-    return load_actor_critic(path, A2CConfig)
+            params = actor(ro.obs)
+            policy_loss = policy_gradient_loss(actor.log_prob(params, ro.actions), advantages, None)  # no padding
+            v_loss = value_loss(critic(ro.obs), returns)
+            entropy = actor.entropy(params).mean()
+            loss = policy_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+            optimizer.zero_grad()
+            loss.backward()
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(parameters, cfg.max_grad_norm, foreach=True)
+            optimizer.step()
+            run.log({"policy_loss": policy_loss, "value_loss": v_loss, "entropy": entropy})
+        envs.close()
+        return run.finish(networks)

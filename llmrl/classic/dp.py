@@ -197,7 +197,7 @@ def policy_evaluation(mdp: TabularMDP, policy: np.ndarray, method: str = "exact"
     if x is None:
         raise ValueError("policy_evaluation: I - gamma P_pi is singular" + (
             ": with gamma=1 the policy must reach a terminal state from every state (a proper policy); "
-            "start from a proper policy or use gamma < 1" if g == 1.0 else ""))
+            "start from a proper policy (see proper_policy) or use gamma < 1" if g == 1.0 else ""))
     V[live] = x
     return V
 
@@ -218,14 +218,45 @@ def _solve(M: sp.csr_array, b: np.ndarray) -> np.ndarray | None:
     return x if solved(x) else None
 
 
+def proper_policy(mdp: TabularMDP) -> np.ndarray:
+    """A proper policy (S,) int: from every state it reaches a terminal state with probability 1, so its total
+    reward is finite and policy evaluation is well posed at gamma = 1 (Bertsekas & Tsitsiklis 1996, stochastic
+    shortest paths). States are layered by their distance to the terminal states: the terminals are layer 0, and
+    a state joins layer k+1 through the action most likely to move it to a layer <= k (a positive probability),
+    which it then takes. From every state a path down the layers has positive probability, so every episode ends.
+
+    Raises ValueError naming the states from which no policy reaches a terminal state."""
+    reached = mdp.terminal.copy()
+    pi = np.zeros(mdp.S, dtype=int)
+    while True:
+        p_down = (mdp.P @ reached.astype(float)).reshape(mdp.A, mdp.S).T  # (S, A): P(reached | s, a)
+        new = (p_down > 0).any(axis=1) & ~reached
+        if not new.any():
+            break
+        pi[new] = p_down[new].argmax(axis=1)
+        reached |= new
+    if not reached.all():
+        stuck = np.flatnonzero(~reached)
+        raise ValueError(f"no policy reaches a terminal state from states {stuck[:10].tolist()}"
+                         f"{' ...' if len(stuck) > 10 else ''} of {mdp.name}: with gamma=1 their total reward is "
+                         "not defined; use gamma < 1")
+    return pi
+
+
 def policy_iteration(mdp: TabularMDP, policy: np.ndarray | None = None, evaluation: str = "exact",
                      max_iters: int = 10_000, tol: float = 1e-10) -> DPResult:
     """Policy iteration (Algorithm 2): evaluate pi (eq. 3), improve pi <- argmax_a Q^pi, until pi is stable.
 
-    Starts from `policy` (default: greedy on r). The current action is kept unless another beats it by more than
-    1e-9 (relative), so ties cannot make it cycle. `iterations` = number of improvements that changed pi."""
+    Starts from `policy`; by default from the greedy policy on r, or with gamma = 1 from `proper_policy(mdp)`:
+    there an improper policy (one that can cycle forever, e.g. into a wall) has no finite value, and improvement
+    from a proper policy stays proper when every cycle costs reward. The current action is kept unless another
+    beats it by more than 1e-9 (relative), so ties cannot make it cycle. `iterations` = number of improvements
+    that changed pi."""
     S = mdp.S
-    pi = greedy_policy(mdp.r) if policy is None else np.asarray(policy).copy()
+    if policy is None:
+        pi = proper_policy(mdp) if mdp.gamma == 1.0 else greedy_policy(mdp.r)
+    else:
+        pi = np.asarray(policy).copy()
     if pi.shape != (S,) or not np.issubdtype(pi.dtype, np.integer):
         raise ValueError(f"policy_iteration initial policy must be an int array of shape ({S},), got {pi.shape}")
     improvements = 0

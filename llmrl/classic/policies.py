@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, Normal, kl_divergence
 
 from ..objectives import entropy
-from .common import load_config, load_modules
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
@@ -105,9 +104,12 @@ class Actor(nn.Module):
         return entropy(params) if self.discrete else self.distribution(params).entropy()
 
     def sample(self, params: Tensor) -> Tensor:
-        """a ~ pi(.|s); for logits by the Gumbel-max trick, argmax(logits + Gumbel noise) (an exact sample)."""
+        """a ~ pi(.|s); for logits by the Gumbel-max trick, argmax(logits - log E), E ~ Exp(1) (an exact sample).
+        torch draws E = 0 exactly now and then: -log 0 = inf would pick its action whatever its probability (NaN
+        for a -inf logit), so E is floored at the smallest normal float, a Gumbel draw of at most ~87 (float32)."""
         if self.discrete:
-            return (params - torch.empty_like(params).exponential_().log()).argmax(-1)
+            noise = torch.empty_like(params).exponential_().clamp_(min=torch.finfo(params.dtype).tiny)
+            return (params - noise.log()).argmax(-1)
         mean, log_std = params.chunk(2, dim=-1)
         return mean + log_std.exp() * torch.randn_like(mean)
 
@@ -152,13 +154,3 @@ def build_actor_critic(cfg, env: gym.Env | gym.vector.VectorEnv, critic: bool = 
     actor = Actor(obs_space, act_space, cfg.hidden_sizes, cfg.activation, cfg.log_std_init)
     return actor, (Critic(obs_space, cfg.hidden_sizes, cfg.activation) if critic else None)
 
-
-def load_actor_critic(path: str, config_cls: type) -> tuple[Actor, Critic | None, object]:
-    """Rebuild a policy-gradient agent saved by `save_agent` in `path`: (actor, critic or None, config)."""
-    cfg = load_config(path, config_cls)
-    env = gym.make(cfg.env_id)
-    state = torch.load(f"{path}/agent.pt", map_location="cpu", weights_only=False)
-    actor, critic = build_actor_critic(cfg, env, critic="critic" in state)
-    env.close()
-    load_modules(path, {"actor": actor} | ({"critic": critic} if critic is not None else {}))
-    return actor, critic, cfg

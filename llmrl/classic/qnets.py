@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -94,6 +95,16 @@ class QNetwork(nn.Module):
         if self.dueling:
             return dueling_q_values(self.value_head(z), self.advantage_head(z))
         return self.q_head(z)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray) -> int | np.ndarray:
+        """The greedy action argmax_a Q(s, a) for one observation (obs_dim,), or actions for a batch (B, obs_dim);
+        noisy layers act with their means (eval mode) whatever the network's mode, which is left as it was."""
+        training = self.training
+        q = self.eval()(torch.as_tensor(np.asarray(obs), dtype=torch.float32))
+        self.train(training)
+        actions = q.argmax(-1).numpy()
+        return int(actions) if actions.ndim == 0 else actions
 
     def reset_noise(self) -> None:
         """Resample the noise of every NoisyLinear (a no-op without `noisy`)."""

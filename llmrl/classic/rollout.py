@@ -1,120 +1,24 @@
-"""On-policy data collection and run bookkeeping shared by REINFORCE, A2C, PPO and TRPO.
+"""On-policy data collection shared by REINFORCE, A2C, PPO and TRPO.
 
 - `RolloutCollector`: T steps of each of N vectorized envs into preallocated (N, T) tensors (time axis last, as
   `llmrl.objectives` expects), with V(s_{t+1}) for bootstrapping: at a time-limit truncation it is
   V(final_obs), at a termination the `terminated` flag makes gae / n_step_returns ignore it.
 - `EpisodeCollector`: whole episodes for Monte-Carlo REINFORCE, padded to (N, T) with a mask.
-- `OnPolicyConfig` / `OnPolicyRun`: the config fields and the seeding, logging, solved tracking, final
-  evaluation and save that every on-policy agent shares.
+
+Both count env steps and finished episodes into the agent's `Run` (llmrl/classic/run.py).
 """
 from __future__ import annotations
 
 import dataclasses
-import os
-import time
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
-from ..utils import RunLogger, seed_everything
-from .common import SolvedTracker, evaluate, save_agent
-from .policies import ACTIVATIONS, Actor, Critic
-
-
-@dataclass
-class OnPolicyConfig:
-    """Fields shared by the on-policy agents (each agent's config adds its own)."""
-
-    env_id: str = field(default="CartPole-v1", metadata={"help": "gymnasium environment id"})
-    seed: int = field(default=0, metadata={"help": "seed of torch, numpy and the envs (env i gets seed + i)"})
-    total_steps: int = field(default=100_000, metadata={"help": "env steps to train for (summed over envs)"})
-    num_envs: int = field(default=8, metadata={"help": "parallel envs (gymnasium SyncVectorEnv)"})
-    gamma: float = field(default=0.99, metadata={"help": "discount factor"})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Adam step size"})
-    max_grad_norm: float = field(default=0.5, metadata={"help": "clip the global gradient norm (<= 0: off)"})
-    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64],
-                                    metadata={"help": "hidden layer widths of the actor and of the critic"})
-    activation: str = field(default="tanh", metadata={"help": "hidden activation: tanh | relu"})
-    log_std_init: float = field(default=0.0, metadata={"help": "initial log-std of a Gaussian policy"})
-    solved_threshold: Optional[float] = field(
-        default=None, metadata={"help": "mean return of the last 20 episodes that counts as solved "
-                                        "(default: the env's reward_threshold; CartPole-v1: 475)"})
-    eval_episodes: int = field(default=20, metadata={"help": "deterministic evaluation episodes at the end"})
-    eval_seed: int = field(default=1000, metadata={"help": "evaluation episode i is reset with eval_seed + i"})
-    run_dir: str = field(default="runs/pg", metadata={"help": "metrics.jsonl, TensorBoard and agent/ go here"})
-    save: bool = field(default=True, metadata={"help": "save the trained agent to RUN_DIR/agent"})
-    tensorboard: bool = field(default=True, metadata={"help": "also write TensorBoard scalars"})
-    progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
-    torch_threads: int = field(default=1, metadata={"help": "torch CPU threads (1 is fastest for tiny MLPs)"})
-
-    def __post_init__(self):
-        for name, low in (("total_steps", 1), ("num_envs", 1), ("eval_episodes", 0), ("torch_threads", 1)):
-            if getattr(self, name) < low:
-                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
-        if not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-
-
-class OnPolicyRun:
-    """Seeds and threads, the solved tracker, metrics log and progress bar of one run; `finish` evaluates the
-    deterministic policy, saves the agent and returns the run's summary."""
-
-    def __init__(self, cfg: OnPolicyConfig):
-        self.cfg = cfg
-        torch.set_num_threads(cfg.torch_threads)
-        seed_everything(cfg.seed)
-        threshold = cfg.solved_threshold
-        if threshold is None:
-            threshold = gym.spec(cfg.env_id).reward_threshold
-        self.tracker = SolvedTracker(threshold)
-        self.logger = RunLogger(cfg.run_dir, tensorboard=cfg.tensorboard)
-        self.pbar = tqdm(total=cfg.total_steps, disable=not cfg.progress, unit="step", dynamic_ncols=True)
-        self.step = 0  # env steps so far, summed over envs
-        self.start()
-
-    def start(self) -> None:
-        """Start the clocks at the training loop, after imports and setup (the SB3 anchor times only learn())."""
-        self.t0, self.cpu0 = time.perf_counter(), time.process_time()
-
-    def add_steps(self, n: int) -> None:
-        self.step += n
-        self.pbar.update(n)
-
-    def episode(self, episode_return: float, length: int) -> None:
-        self.tracker.add(episode_return, self.step)
-        self.logger.log({"episode_return": float(episode_return), "episode_length": int(length)}, self.step)
-
-    def log(self, metrics: dict) -> None:
-        """Per-update metrics, with the mean return of the last 20 episodes and env steps per second."""
-        metrics = {k: (v.item() if isinstance(v, Tensor) else v) for k, v in metrics.items()}
-        recent = self.tracker.mean_recent
-        self.logger.log(metrics | {"mean_return_20": recent,
-                                   "steps_per_s": self.step / (time.perf_counter() - self.t0)}, self.step)
-        self.pbar.set_postfix(ret20=f"{recent:.1f}", refresh=False)
-
-    def finish(self, actor: Actor, modules: dict[str, torch.nn.Module], extra: dict | None = None) -> dict:
-        wall, cpu = time.perf_counter() - self.t0, time.process_time() - self.cpu0
-        self.pbar.close()
-        cfg = self.cfg
-        returns = evaluate(actor.act, cfg.env_id, cfg.eval_episodes, cfg.eval_seed) if cfg.eval_episodes else []
-        if cfg.save:
-            save_agent(os.path.join(cfg.run_dir, "agent"), modules, cfg, extra)
-        result = {"env_id": cfg.env_id, "seed": cfg.seed, "total_steps": self.step, "wall_s": round(wall, 2),
-                  "cpu_s": round(cpu, 2), "steps_to_solve": self.tracker.solved_at,
-                  "final_mean_return_20": self.tracker.mean_recent, "episodes": len(self.tracker.returns),
-                  "eval_mean_return": float(np.mean(returns)) if returns else None}
-        self.logger.log({k: v for k, v in result.items() if isinstance(v, (int, float))}, self.step)
-        self.logger.close()
-        return result
+from .policies import Actor, Critic
+from .run import Run
 
 
 @dataclass
@@ -150,7 +54,7 @@ class RolloutCollector:
     """
 
     def __init__(self, envs: gym.vector.VectorEnv, actor: Actor, critic: Critic, num_steps: int,
-                 run: OnPolicyRun, seed: int):
+                 run: Run, seed: int):
         self.envs, self.actor, self.critic, self.run = envs, actor, critic, run
         N, T = envs.num_envs, num_steps
         obs_shape, act_shape = envs.single_observation_space.shape, envs.single_action_space.shape
@@ -232,7 +136,7 @@ class EpisodeCollector:
     env taking the next episode when its own ends; every episode starts under the same policy and is kept to
     its end, so the batch has no length bias (Monte-Carlo REINFORCE needs whole episodes)."""
 
-    def __init__(self, envs: list[gym.Env], actor: Actor, run: OnPolicyRun, seed: int):
+    def __init__(self, envs: list[gym.Env], actor: Actor, run: Run, seed: int):
         self.envs, self.actor, self.run = envs, actor, run
         self.reset_seeds = [seed + i for i in range(len(envs))]  # each env's first reset is seeded, later ones not
 

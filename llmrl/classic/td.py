@@ -1,6 +1,10 @@
 """Sample-based tabular RL on any gymnasium env with Discrete observations and actions: epsilon-greedy
-(Algorithm 5), step-size and exploration schedules, Q-learning (Algorithm 4), TD(0) policy evaluation (eq. 11)
-and the TD policy-improvement loop.
+(Algorithm 5), Q-learning (Algorithm 4), TD(0) policy evaluation (eq. 11) and the TD policy-improvement loop.
+
+Every learner runs `total_timesteps` env steps through one episode loop (`run_episodes`) and shows only what
+is its own: how it acts and its update rule. Step sizes alpha_t and exploration rates epsilon_t are numbers or
+schedules (llmrl.classic.schedules); epsilon_t is indexed by the env step, alpha_t by the visits of the updated
+entry (or the env step, with alpha_by="steps").
 
 Truncation rule (as in the deep agents): a time-limit truncation still bootstraps from V(s') / max Q(s'); only a
 true termination (s' terminal) drops the next-state term.
@@ -12,49 +16,20 @@ from typing import Callable
 
 import gymnasium as gym
 import numpy as np
+from tqdm.auto import tqdm
 
-Schedule = Callable[[int], float]
+from .schedules import Schedule, as_schedule
 
 
 @dataclass
 class TDResult:
     """What a TD run learned: Q (S, A) and/or V (S,), the last policy (S, A) where one is improved, and the
-    undiscounted return and length of every training episode (episodes,)."""
+    undiscounted return and length of every training episode that ended within the budget (episodes,)."""
     Q: np.ndarray | None
     V: np.ndarray | None
     returns: np.ndarray
     lengths: np.ndarray
     policy: np.ndarray | None = None
-
-
-# ------------------------------------------------------------------------------------------------ schedules
-def constant_schedule(value: float) -> Schedule:
-    """x(t) = value."""
-    return lambda t: value
-
-
-def linear_schedule(start: float, end: float, duration: int) -> Schedule:
-    """x(t) goes linearly from `start` at t = 0 to `end` at t = duration, then stays at `end`."""
-    if duration < 1:
-        raise ValueError(f"linear_schedule duration must be >= 1, got {duration}")
-    return lambda t: start + (end - start) * min(t, duration) / duration
-
-
-def power_schedule(p: float = 0.8, c: float = 1.0) -> Schedule:
-    """x(t) = c / (t + 1)^p: for 1/2 < p <= 1, sum_t x = inf and sum_t x^2 < inf (Robbins-Monro), the step sizes
-    under which Q-learning and TD(0) converge w.p. 1 when t counts the visits of each (s, a) or s."""
-    if not 0.5 < p <= 1.0:
-        raise ValueError(f"power_schedule p must be in (0.5, 1] for sum x = inf and sum x^2 < inf, got {p}; "
-                         "use constant_schedule for a fixed step")
-    return lambda t: c / (t + 1) ** p
-
-
-def _schedule(x: float | Schedule, name: str, low: float, high: float) -> Schedule:
-    if callable(x):
-        return x
-    if not low <= x <= high:
-        raise ValueError(f"{name} must be in [{low}, {high}] or a schedule t -> value, got {x}")
-    return constant_schedule(float(x))
 
 
 # ------------------------------------------------------------------------------------------------- policies
@@ -76,6 +51,58 @@ def epsilon_greedy_policy(Q: np.ndarray, epsilon: float) -> np.ndarray:
     return epsilon / A + (1.0 - epsilon) * best / best.sum(axis=1, keepdims=True)
 
 
+def sample_action(probs: np.ndarray, u: float) -> int:
+    """Inverse-CDF draw from probabilities (A,) with a uniform u in [0, 1): the first a with cdf(a) > u cdf(A-1).
+    The strict ">" (a right-sided search) never returns an action of probability 0, also for u = 0."""
+    cdf = np.cumsum(probs)
+    return int(np.searchsorted(cdf, u * cdf[-1], side="right"))
+
+
+class StepSize:
+    """alpha_t of a tabular update, with t = the visits of the updated entry so far (`by="visits"`: per-entry
+    Robbins-Monro step sizes) or the env steps so far (`by="steps"`); each call counts one update."""
+
+    def __init__(self, alpha: float | Schedule, by: str, shape: tuple[int, ...]):
+        if by not in ("visits", "steps"):
+            raise ValueError(f"alpha_by must be 'visits' (t = visits of the updated entry) or 'steps', got {by!r}")
+        self.schedule, self.by = as_schedule(alpha, "alpha", 0.0, 1.0), by
+        self.visits, self.steps = np.zeros(shape, dtype=np.int64), 0
+
+    def __call__(self, entry: tuple[int, ...] | int) -> float:
+        t = int(self.visits[entry]) if self.by == "visits" else self.steps
+        self.visits[entry] += 1
+        self.steps += 1
+        return self.schedule(t)
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+def run_episodes(env: gym.Env, total_timesteps: int, seed: int, act: Callable[[int, int], int],
+                 update: Callable[[int, int, float, int, bool], None],
+                 progress_bar: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The loop of every TD learner: episodes in `env` for `total_timesteps` env steps, acting with
+    a = act(s, t) (t = env steps so far) and calling update(s, a, r, s', terminated) after each step. The first
+    reset is seeded with `seed`, later ones continue the env's random stream. Returns the undiscounted return and
+    the length of each episode that ended within the budget (the last one may be cut)."""
+    if total_timesteps < 1:
+        raise ValueError(f"total_timesteps must be >= 1, got {total_timesteps}")
+    returns, lengths = [], []
+    ret, length, done = 0.0, 0, False
+    s, _ = env.reset(seed=seed)
+    for t in tqdm(range(total_timesteps), disable=not progress_bar, unit="step", dynamic_ncols=True):
+        if done:
+            s, _ = env.reset()
+            ret, length = 0.0, 0
+        a = act(s, t)
+        s2, r, terminated, truncated, _ = env.step(a)
+        update(s, a, float(r), s2, bool(terminated))
+        ret, length = ret + float(r), length + 1
+        s, done = s2, terminated or truncated
+        if done:
+            returns.append(ret)
+            lengths.append(length)
+    return np.array(returns, dtype=float), np.array(lengths, dtype=np.int64)
+
+
 def _sizes(env: gym.Env) -> tuple[int, int]:
     if not (isinstance(env.observation_space, gym.spaces.Discrete)
             and isinstance(env.action_space, gym.spaces.Discrete)):
@@ -95,14 +122,9 @@ def _policy_probs(policy: np.ndarray, S: int, A: int) -> np.ndarray:
                      f"got {policy.dtype} {policy.shape}")
 
 
-def _check_run(fn: str, episodes: int, gamma: float, alpha_by: str) -> None:
-    if episodes < 1:
-        raise ValueError(f"{fn} episodes must be >= 1, got {episodes}")
+def _check_gamma(fn: str, gamma: float) -> None:
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"{fn} gamma must be in [0, 1], got {gamma}")
-    if alpha_by not in ("visits", "steps"):
-        raise ValueError(f"{fn} alpha_by must be 'visits' (t = visits of the updated entry) or 'steps', "
-                         f"got {alpha_by!r}")
 
 
 def _initial(table: np.ndarray | None, shape: tuple, name: str) -> np.ndarray:
@@ -115,102 +137,78 @@ def _initial(table: np.ndarray | None, shape: tuple, name: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ learners
-def q_learning(env: gym.Env, episodes: int, gamma: float = 0.99, alpha: float | Schedule = 0.1,
+def q_learning(env: gym.Env, total_timesteps: int, gamma: float = 0.99, alpha: float | Schedule = 0.1,
                epsilon: float | Schedule = 0.1, seed: int = 0, alpha_by: str = "visits",
-               Q0: np.ndarray | None = None) -> TDResult:
+               Q0: np.ndarray | None = None, progress_bar: bool = False) -> TDResult:
     """Q-learning (Algorithm 4): act epsilon-greedily, then Q(s,a) += alpha (r + gamma max_a' Q(s',a') - Q(s,a)),
-    with the max term dropped only when s' is terminal. alpha(t): t = visits of (s, a) so far (or env steps);
-    epsilon(t): t = episode index. Returns Q (S, A) and the per-episode returns."""
+    with the max term dropped only when s' is terminal. Returns Q (S, A) and the per-episode returns."""
     S, A = _sizes(env)
-    _check_run("q_learning", episodes, gamma, alpha_by)
-    alpha_t, eps_t = _schedule(alpha, "alpha", 0.0, 1.0), _schedule(epsilon, "epsilon", 0.0, 1.0)
+    _check_gamma("q_learning", gamma)
+    step_size, eps = StepSize(alpha, alpha_by, (S, A)), as_schedule(epsilon, "epsilon", 0.0, 1.0)
     rng = np.random.default_rng(seed)
     Q = _initial(Q0, (S, A), "Q0")
-    visits = np.zeros((S, A), dtype=np.int64)
-    returns, lengths, step = np.zeros(episodes), np.zeros(episodes, dtype=np.int64), 0
-    for ep in range(episodes):
-        s, _ = env.reset(seed=seed if ep == 0 else None)  # seed once; later resets continue the env's stream
-        eps, done = eps_t(ep), False
-        while not done:
-            a = epsilon_greedy(Q[s], eps, rng)
-            s2, r, terminated, truncated, _ = env.step(a)
-            lr = alpha_t(int(visits[s, a]) if alpha_by == "visits" else step)
-            target = r if terminated else r + gamma * Q[s2].max()
-            Q[s, a] += lr * (target - Q[s, a])
-            visits[s, a] += 1
-            step += 1
-            returns[ep] += r
-            lengths[ep] += 1
-            s, done = s2, terminated or truncated
+
+    def act(s, t):
+        return epsilon_greedy(Q[s], eps(t), rng)
+
+    def update(s, a, r, s2, terminated):
+        target = r if terminated else r + gamma * Q[s2].max()
+        Q[s, a] += step_size((s, a)) * (target - Q[s, a])
+
+    returns, lengths = run_episodes(env, total_timesteps, seed, act, update, progress_bar)
     return TDResult(Q=Q, V=Q.max(axis=1), returns=returns, lengths=lengths)
 
 
-def td0_evaluation(env: gym.Env, policy: np.ndarray, episodes: int, gamma: float = 0.99,
+def td0_evaluation(env: gym.Env, policy: np.ndarray, total_timesteps: int, gamma: float = 0.99,
                    alpha: float | Schedule = 0.1, seed: int = 0, alpha_by: str = "visits",
-                   V0: np.ndarray | None = None) -> TDResult:
-    """TD(0) policy evaluation (eq. 11): V(s) += alpha (r + gamma V(s') - V(s)) along episodes of the fixed
+                   V0: np.ndarray | None = None, progress_bar: bool = False) -> TDResult:
+    """TD(0) policy evaluation (eq. 11): V(s) += alpha (r + gamma V(s') - V(s)) along the episodes of the fixed
     int (S,) or stochastic (S, A) policy, V(s') dropped only when s' is terminal. Returns V (S,)."""
     S, A = _sizes(env)
-    _check_run("td0_evaluation", episodes, gamma, alpha_by)
-    alpha_t = _schedule(alpha, "alpha", 0.0, 1.0)
-    probs = _policy_probs(policy, S, A)
-    cdf = np.cumsum(probs, axis=1)
+    _check_gamma("td0_evaluation", gamma)
+    step_size, probs = StepSize(alpha, alpha_by, (S,)), _policy_probs(policy, S, A)
     rng = np.random.default_rng(seed)
     V = _initial(V0, (S,), "V0")
-    visits = np.zeros(S, dtype=np.int64)
-    returns, lengths, step = np.zeros(episodes), np.zeros(episodes, dtype=np.int64), 0
-    for ep in range(episodes):
-        s, _ = env.reset(seed=seed if ep == 0 else None)
-        done = False
-        while not done:
-            a = min(int(np.searchsorted(cdf[s], rng.random() * cdf[s, -1], side="right")), A - 1)
-            s2, r, terminated, truncated, _ = env.step(a)
-            lr = alpha_t(int(visits[s]) if alpha_by == "visits" else step)
-            target = r if terminated else r + gamma * V[s2]
-            V[s] += lr * (target - V[s])
-            visits[s] += 1
-            step += 1
-            returns[ep] += r
-            lengths[ep] += 1
-            s, done = s2, terminated or truncated
+
+    def act(s, t):
+        return sample_action(probs[s], rng.random())
+
+    def update(s, a, r, s2, terminated):
+        target = r if terminated else r + gamma * V[s2]
+        V[s] += step_size(s) * (target - V[s])
+
+    returns, lengths = run_episodes(env, total_timesteps, seed, act, update, progress_bar)
     return TDResult(Q=None, V=V, returns=returns, lengths=lengths, policy=probs)
 
 
-def td_policy_improvement(env: gym.Env, rounds: int = 20, episodes_per_round: int = 100, gamma: float = 0.99,
+def td_policy_improvement(env: gym.Env, total_timesteps: int, steps_per_round: int = 1000, gamma: float = 0.99,
                           alpha: float | Schedule = 0.1, epsilon: float = 0.1, seed: int = 0,
-                          alpha_by: str = "visits") -> TDResult:
-    """Policy improvement with TD (generalized policy iteration, Sutton & Barto 6.4): each round evaluates the
-    current policy pi with TD(0) on Q, Q(s,a) += alpha (r + gamma sum_a' pi(a'|s') Q(s',a') - Q(s,a)) for
-    `episodes_per_round` episodes of pi, then improves pi <- epsilon-greedy(Q). Q carries over between rounds;
+                          alpha_by: str = "visits", progress_bar: bool = False) -> TDResult:
+    """Policy improvement with TD (generalized policy iteration, Sutton & Barto 6.4): the current policy pi is
+    evaluated by TD(0) on Q, Q(s,a) += alpha (r + gamma sum_a' pi(a'|s') Q(s',a') - Q(s,a)), for
+    `steps_per_round` env steps of pi, then improved, pi <- epsilon-greedy(Q). Q carries over between rounds;
     epsilon > 0 keeps every action tried so that Q stays estimable without a model. Returns Q and pi (S, A)."""
     S, A = _sizes(env)
-    _check_run("td_policy_improvement", rounds * episodes_per_round, gamma, alpha_by)
-    alpha_t = _schedule(alpha, "alpha", 0.0, 1.0)
+    _check_gamma("td_policy_improvement", gamma)
     if not 0.0 < epsilon <= 1.0:
         raise ValueError(f"td_policy_improvement epsilon must be in (0, 1] so every action keeps being tried, "
                          f"got {epsilon}")
+    if steps_per_round < 1:
+        raise ValueError(f"td_policy_improvement steps_per_round must be >= 1, got {steps_per_round}")
+    step_size = StepSize(alpha, alpha_by, (S, A))
     rng = np.random.default_rng(seed)
     Q = np.zeros((S, A))
     pi = np.full((S, A), 1.0 / A)
-    visits = np.zeros((S, A), dtype=np.int64)
-    n = rounds * episodes_per_round
-    returns, lengths, step, ep = np.zeros(n), np.zeros(n, dtype=np.int64), 0, 0
-    for _ in range(rounds):
-        cdf = np.cumsum(pi, axis=1)
-        for _ in range(episodes_per_round):  # evaluation of the fixed pi
-            s, _ = env.reset(seed=seed if ep == 0 else None)
-            done = False
-            while not done:
-                a = min(int(np.searchsorted(cdf[s], rng.random() * cdf[s, -1], side="right")), A - 1)
-                s2, r, terminated, truncated, _ = env.step(a)
-                lr = alpha_t(int(visits[s, a]) if alpha_by == "visits" else step)
-                target = r if terminated else r + gamma * pi[s2] @ Q[s2]
-                Q[s, a] += lr * (target - Q[s, a])
-                visits[s, a] += 1
-                step += 1
-                returns[ep] += r
-                lengths[ep] += 1
-                s, done = s2, terminated or truncated
-            ep += 1
-        pi = epsilon_greedy_policy(Q, epsilon)  # improvement
+
+    def act(s, t):
+        return sample_action(pi[s], rng.random())
+
+    def update(s, a, r, s2, terminated):
+        nonlocal pi
+        target = r if terminated else r + gamma * pi[s2] @ Q[s2]
+        Q[s, a] += step_size((s, a)) * (target - Q[s, a])
+        if step_size.steps % steps_per_round == 0:  # the round's evaluation is over: improvement
+            pi = epsilon_greedy_policy(Q, epsilon)
+
+    returns, lengths = run_episodes(env, total_timesteps, seed, act, update, progress_bar)
     return TDResult(Q=Q, V=(pi * Q).sum(axis=1), returns=returns, lengths=lengths, policy=pi)

@@ -14,18 +14,21 @@ from torch import Tensor
 
 from ..objectives import gae, surrogate_loss, trust_region_step, value_loss, whiten
 from .common import make_vec_env
-from .policies import Actor, Critic, build_actor_critic, load_actor_critic
-from .rollout import OnPolicyConfig, OnPolicyRun, Rollout, RolloutCollector
+from .policies import Actor
+from .rollout import Rollout, RolloutCollector
+from .run import OnPolicyConfig, Run, RunResult
 
 
 @dataclass
 class TRPOConfig(OnPolicyConfig):
     """TRPO; defaults solve CartPole-v1 (recipes/trpo_cartpole.py)."""
 
-    total_steps: int = field(default=200_000, metadata={"help": "env steps to train for (summed over envs)"})
+    total_timesteps: int = field(default=200_000, metadata={"help": "env steps to train for (summed over envs)"})
+    output_dir: str = field(default="runs/trpo", metadata={"help": "metrics, TensorBoard logs and agent/ go here"})
     num_steps: int = field(default=64, metadata={"help": "steps per env per rollout (T)"})
     gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda (seed eq. 24)"})
-    normalize_advantage: bool = field(default=True, metadata={"help": "whiten advantages per rollout"})
+    normalize_advantage: bool = field(default=True, metadata={
+        "help": "whiten advantages per rollout", "help_off": "use the raw GAE advantages"})
     max_kl: float = field(default=0.01, metadata={"help": "trust region radius delta: mean KL(pi_old || pi)"})
     damping: float = field(default=0.1, metadata={"help": "F + damping I makes the CG system well posed"})
     cg_iters: int = field(default=10, metadata={"help": "conjugate gradient iterations"})
@@ -36,7 +39,6 @@ class TRPOConfig(OnPolicyConfig):
     learning_rate: float = field(default=1e-3, metadata={"help": "Adam step size of the value function"})
     value_epochs: int = field(default=10, metadata={"help": "passes over each rollout to fit V"})
     value_batch_size: int = field(default=128, metadata={"help": "steps per minibatch of the V regression"})
-    run_dir: str = field(default="runs/trpo_cartpole", metadata={"help": "where metrics and the agent go"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -64,41 +66,36 @@ def trpo_policy_step(actor: Actor, data: Rollout, advantages: Tensor, cfg: TRPOC
                              backtrack_coef=cfg.backtrack_coef, accept_ratio=cfg.accept_ratio)
 
 
-def train_trpo(cfg: TRPOConfig) -> dict:
-    """Train TRPO from `cfg`; returns the run summary (steps to solve, evaluation return, wall time)."""
-    run = OnPolicyRun(cfg)
-    envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
-    actor, critic = build_actor_critic(cfg, envs)
-    value_optimizer = torch.optim.Adam(critic.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
-    collector = RolloutCollector(envs, actor, critic, cfg.num_steps, run, cfg.seed)
+def train_trpo(cfg: TRPOConfig) -> RunResult:
+    """Train TRPO from `cfg`; the trained agent and the run's figures (steps to solve, evaluation, wall time)."""
+    with Run(cfg) as run:
+        envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
+        networks = cfg.build_networks(envs)
+        actor, critic = networks["actor"], networks["critic"]
+        value_optimizer = torch.optim.Adam(critic.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=True)
+        collector = RolloutCollector(envs, actor, critic, cfg.num_steps, run, cfg.seed)
 
-    run.start()
-    while run.step < cfg.total_steps:
-        ro = collector.collect()
-        with torch.no_grad():
-            advantages, returns = gae(ro.rewards, ro.values, ro.next_values, ro.dones, cfg.gamma, cfg.gae_lambda,
-                                      terminated=ro.terminated)
-        data, advantages, returns = ro.flat(), advantages.flatten(), returns.flatten()
-        if cfg.normalize_advantage:
-            advantages = whiten(advantages)
+        run.start()
+        while run.step < cfg.total_timesteps:
+            ro = collector.collect()
+            with torch.no_grad():
+                advantages, returns = gae(ro.rewards, ro.values, ro.next_values, ro.dones, cfg.gamma,
+                                          cfg.gae_lambda, terminated=ro.terminated)
+            data, advantages, returns = ro.flat(), advantages.flatten(), returns.flatten()
+            if cfg.normalize_advantage:
+                advantages = whiten(advantages)
 
-        stats = trpo_policy_step(actor, data, advantages, cfg)
+            stats = trpo_policy_step(actor, data, advantages, cfg)
 
-        for _ in range(cfg.value_epochs):  # V_phi fitted on its own, after the policy step
-            for idx in torch.randperm(len(returns)).split(cfg.value_batch_size):
-                v_loss = value_loss(critic(data.obs[idx]), returns[idx])
-                value_optimizer.zero_grad(set_to_none=True)
-                v_loss.backward()
-                if cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm, foreach=True)
-                value_optimizer.step()
-        run.log({"value_loss": v_loss, "kl": stats["kl"], "step_frac": stats["step_frac"],
-                 "accepted": float(stats["accepted"]), "surrogate_improvement": stats["improvement"]})
-
-    envs.close()
-    return run.finish(actor, {"actor": actor, "critic": critic})
-
-
-def load_trpo(path: str) -> tuple[Actor, Critic, TRPOConfig]:
-    """The (actor, critic, config) saved by `train_trpo` in `path`."""
-    return load_actor_critic(path, TRPOConfig)
+            for _ in range(cfg.value_epochs):  # V_phi fitted on its own, after the policy step
+                for idx in torch.randperm(len(returns)).split(cfg.value_batch_size):
+                    v_loss = value_loss(critic(data.obs[idx]), returns[idx])
+                    value_optimizer.zero_grad()
+                    v_loss.backward()
+                    if cfg.max_grad_norm > 0:
+                        torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm, foreach=True)
+                    value_optimizer.step()
+            run.log({"value_loss": v_loss, "kl": stats["kl"], "step_frac": stats["step_frac"],
+                     "accepted": float(stats["accepted"]), "surrogate_improvement": stats["improvement"]})
+        envs.close()
+        return run.finish(networks)

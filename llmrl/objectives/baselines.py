@@ -14,15 +14,32 @@ def _mask(mask: Tensor | None, like: Tensor) -> Tensor:
     return torch.ones_like(like) if mask is None else mask.to(like.dtype)
 
 
+def _sum_of_others(x: Tensor) -> Tensor:
+    """sum_{j != i} x_j over dim 0, for every row i: the rows before i plus the rows after i, never total - x_i,
+    whose cancellation leaves garbage (a 0 denominator under a nonzero numerator) when row i dominates."""
+    out, acc = torch.empty_like(x), torch.zeros_like(x[0])
+    for i in range(len(x)):  # rows before i
+        out[i] = acc
+        acc += x[i]
+    acc.zero_()
+    for i in reversed(range(len(x))):  # rows after i
+        out[i] += acc
+        acc += x[i]
+    return out
+
+
 def _weighted_mean(num: Tensor, den: Tensor, per_timestep: bool, leave_one_out: bool, min_den: float) -> Tensor:
     """sum num / sum den over the batch (per time step: over dim 0 only), each row i optionally leaving out its
-    own terms; num, den (N, T) -> (N, T)."""
-    dims = (0,) if per_timestep else (0, 1)
-    total_num, total_den = num.sum(dim=dims, keepdim=True), den.sum(dim=dims, keepdim=True)
-    if leave_one_out:  # take away what row i contributed to the totals
-        total_num = total_num - (num if per_timestep else num.sum(dim=1, keepdim=True))
-        total_den = total_den - (den if per_timestep else den.sum(dim=1, keepdim=True))
-    return (total_num / total_den.clamp(min=min_den)).expand_as(num)
+    own terms; num, den (N, T, ...) -> (N, T, ...)."""
+    shape = num.shape
+    if leave_one_out:
+        if not per_timestep:  # one sum per row first
+            num, den = num.sum(dim=1, keepdim=True), den.sum(dim=1, keepdim=True)
+        num, den = _sum_of_others(num), _sum_of_others(den)
+    else:
+        dims = (0,) if per_timestep else (0, 1)
+        num, den = num.sum(dim=dims, keepdim=True), den.sum(dim=dims, keepdim=True)
+    return (num / den.clamp(min=min_den)).expand(shape)
 
 
 def constant_baseline(returns: Tensor, mask: Tensor | None = None, leave_one_out: bool = False) -> Tensor:
@@ -46,16 +63,33 @@ def time_dependent_baseline(returns: Tensor, mask: Tensor | None = None, leave_o
 
 def optimal_baseline(returns: Tensor, grad_sq: Tensor, mask: Tensor | None = None,
                      per_timestep: bool = True, leave_one_out: bool = False) -> Tensor:
-    """Minimum-variance b = sum g^2 G / sum g^2 (Greensmith et al. 2004; seed ch. 7); (N, T) -> (N, T).
+    """Minimum-variance baseline b_k = sum_i g_ik^2 G_i / sum_i g_ik^2, one per parameter k (seed ch. 7, "optimal
+    (minimum variance)"; Peters & Schaal 2008); returns (N, T), grad_sq (N, T, P) -> b (N, T, P).
 
-    `grad_sq` (N, T) is ||grad_theta log pi(a_t|s_t)||^2 for each step. Per time step (sums over the batch) by
-    default, or one scalar for the batch with per_timestep=False. Steps with g = 0 everywhere get b = 0.
-    leave_one_out: as in `constant_baseline`, trajectory i's b uses only the other trajectories' sums.
+    `grad_sq[i, t, k]` = (d log pi(a_t|s_t) / d theta_k)^2 of step t of trajectory i. Each b_k minimizes the
+    variance of its own component of the estimate, sum_i g_ik (G_i - b_k), so the per-parameter b lowers the
+    variance of the whole estimate at least as much as any single number does. With grad_sq (N, T) =
+    ||grad log pi||^2 it is that best single number, b = sum ||g||^2 G / sum ||g||^2 (minimizing the trace of the
+    covariance), shape (N, T). The sums run over the batch per time step (the seed's reward-to-go form), or over
+    every step with per_timestep=False. Where every weight is 0, b = 0. leave_one_out: as in `constant_baseline`,
+    trajectory i's b uses only the other trajectories' sums.
     """
     m = _mask(mask, returns)
+    if grad_sq.dim() == returns.dim() + 1:  # per parameter: the trailing axis is theta's
+        returns, m = returns.unsqueeze(-1), m.unsqueeze(-1)
     w = grad_sq.to(returns.dtype) * m
     return _weighted_mean(w * returns, w, per_timestep=per_timestep, leave_one_out=leave_one_out,
                           min_den=torch.finfo(returns.dtype).tiny)
+
+
+def policy_gradient_estimate(scores: Tensor, advantages: Tensor, mask: Tensor | None = None) -> Tensor:
+    """The REINFORCE estimate g = 1/N sum_i sum_t grad log pi(a_t|s_t) A_t (seed eqs. 19-20) from per-step score
+    vectors; scores (N, T, P), advantages (N, T), or (N, T, P) for a per-parameter baseline -> (P,).
+
+    For advantages (N, T) it is minus the gradient of policy_gradient_loss(logp, A, mask, mode="sum") / N."""
+    A = advantages if advantages.dim() == scores.dim() else advantages.unsqueeze(-1)
+    m = _mask(mask, scores[..., 0]).unsqueeze(-1)
+    return (scores * A * m).sum(dim=(0, 1)) / scores.shape[0]
 
 
 def value_loss(values: Tensor, returns: Tensor, old_values: Tensor | None = None, clip: float | None = None,

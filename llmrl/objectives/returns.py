@@ -1,6 +1,7 @@
 """Returns and advantage estimators: reward-to-go, k-step targets, TD targets, GAE.
 
-Conventions (shared by every function here): the time axis is the LAST dimension, batch dimensions lead.
+Conventions (shared by every function here): the time axis is the LAST dimension, batch dimensions lead; an
+empty window (T = 0) gives empty outputs.
 `dones[..., t] = 1` means the episode ended right after step t (terminated OR truncated): no sum crosses it.
 `terminated[..., t] = 1` means s_{t+1} is a true terminal state, whose value is zero. A time-limit truncation is
 done but not terminated: the tail is bootstrapped with V(s_{t+1}) instead of being cut to zero.
@@ -25,8 +26,9 @@ def discounted_returns(rewards: Tensor, gamma: float, dones: Tensor | None = Non
     (it is used only where the last step is not done), giving G_t = ... + gamma^(T-t) V(s_T).
     """
     dones = _as_float(dones, rewards)
-    G = torch.zeros_like(rewards[..., 0]) if bootstrap is None else \
-        torch.as_tensor(bootstrap, device=rewards.device).to(rewards.dtype).expand_as(rewards[..., 0]).clone()
+    batch = rewards.shape[:-1]  # (not rewards[..., 0], which does not exist when T = 0)
+    G = rewards.new_zeros(batch) if bootstrap is None else \
+        torch.as_tensor(bootstrap, device=rewards.device).to(rewards.dtype).expand(batch).clone()
     out = torch.empty_like(rewards)
     for t in reversed(range(rewards.shape[-1])):
         G = rewards[..., t] + gamma * (1.0 - dones[..., t]) * G
@@ -54,9 +56,11 @@ def n_step_returns(rewards: Tensor, next_values: Tensor, dones: Tensor | None, g
     does not. n=None uses every remaining step of the window (the A2C rollout return).
     """
     T = rewards.shape[-1]
-    n = T if n is None else n
-    if n < 1:
+    if n is not None and n < 1:
         raise ValueError(f"n_step_returns: n must be >= 1, got {n}")
+    if T == 0:
+        return torch.zeros_like(rewards)
+    n = T if n is None else n
     dones = _as_float(dones, rewards)
     terminated = dones if terminated is None else _as_float(terminated, rewards)
     boot = next_values * (1.0 - terminated)
@@ -92,7 +96,7 @@ def gae(rewards: Tensor, values: Tensor, next_values: Tensor, dones: Tensor, gam
     terminated = dones if terminated is None else _as_float(terminated, rewards)
     deltas = rewards + gamma * (1.0 - terminated) * next_values - values
     adv = torch.empty_like(rewards)
-    A = torch.zeros_like(rewards[..., 0])
+    A = rewards.new_zeros(rewards.shape[:-1])  # (not rewards[..., 0], which does not exist when T = 0)
     for t in reversed(range(rewards.shape[-1])):
         A = deltas[..., t] + gamma * lam * (1.0 - dones[..., t]) * A
         adv[..., t] = A

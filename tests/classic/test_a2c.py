@@ -5,10 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from llmrl.classic.a2c import A2CConfig, a2c_advantages, load_a2c, train_a2c
+from llmrl.classic.a2c import A2CConfig, a2c_advantages, train_a2c
 from llmrl.classic.common import make_vec_env
 from llmrl.classic.policies import Actor
-from llmrl.classic.rollout import OnPolicyRun, RolloutCollector
+from llmrl.classic.rollout import RolloutCollector
+from llmrl.classic.run import Run, load_agent
 
 from .test_policies import (ALTERNATE_ID, HORIZON, TRACK_ID, assert_same_weights, register_toy_envs, run_recipe,
                            without_timings)
@@ -25,13 +26,14 @@ class LinearValue(nn.Module):
 
 def _cfg(tmp_path, **kw):
     register_toy_envs()
-    base = dict(run_dir=str(tmp_path), tensorboard=False, progress=False, eval_episodes=2)
+    base = dict(output_dir=str(tmp_path), report_to="none", progress_bar=False, eval_episodes=2)
     return A2CConfig(**(base | kw))
 
 
 def _collect(tmp_path, num_steps=12, num_envs=3):
     cfg = _cfg(tmp_path, env_id=ALTERNATE_ID, num_envs=num_envs)
-    run = OnPolicyRun(cfg)
+    run = Run(cfg)
+    run.start()
     envs = make_vec_env(ALTERNATE_ID, num_envs, seed=0)
     actor = Actor(envs.single_observation_space, envs.single_action_space, [])  # logits = W s + b
     with torch.no_grad():  # right action with probability sigmoid(3) = 0.95: episodes end both ways
@@ -39,7 +41,9 @@ def _collect(tmp_path, num_steps=12, num_envs=3):
         actor.net[0].weight.copy_(torch.stack([1.5 - 3.0 * parity, 3.0 * parity - 1.5]))
         actor.net[0].bias.zero_()
     collector = RolloutCollector(envs, actor, LinearValue(), num_steps, run, seed=0)
-    return collector, collector.collect(), cfg
+    rollout = collector.collect()
+    run.close()
+    return collector, rollout, cfg
 
 
 def test_collector_bootstraps_truncations_with_the_final_observation(tmp_path):
@@ -88,28 +92,27 @@ def test_k_step_and_gae_advantages_match_hand_computation(tmp_path):
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 @pytest.mark.parametrize("advantage", ["nstep", "gae"])
 def test_smoke_discrete_and_continuous(tmp_path, env_id, advantage):
-    res = train_a2c(_cfg(tmp_path, env_id=env_id, total_steps=512, advantage=advantage, optimizer="rmsprop"))
-    assert res["total_steps"] == 512 and np.isfinite(res["eval_mean_return"])
+    res = train_a2c(_cfg(tmp_path, env_id=env_id, total_timesteps=512, advantage=advantage, optimizer="rmsprop"))
+    assert res.total_timesteps == 512 and np.isfinite(res.eval_mean_return)
 
 
 def test_learns_tiny_envs(tmp_path):
-    res = train_a2c(_cfg(tmp_path / "d", env_id=ALTERNATE_ID, total_steps=1500, eval_episodes=1))
-    assert res["eval_mean_return"] == 5.0, res
-    res = train_a2c(_cfg(tmp_path / "c", env_id=TRACK_ID, total_steps=4000, eval_episodes=1,
+    res = train_a2c(_cfg(tmp_path / "d", env_id=ALTERNATE_ID, total_timesteps=1500, eval_episodes=1))
+    assert res.eval_mean_return == 5.0, res.summary()
+    res = train_a2c(_cfg(tmp_path / "c", env_id=TRACK_ID, total_timesteps=4000, eval_episodes=1,
                          learning_rate=3e-3, num_steps=5))
-    assert res["eval_mean_return"] > -0.3, res
+    assert res.eval_mean_return > -0.3, res.summary()
 
 
 def test_same_seed_same_result_and_save_load(tmp_path):
-    a = train_a2c(_cfg(tmp_path / "a", env_id=TRACK_ID, total_steps=640, seed=5))
-    b = train_a2c(_cfg(tmp_path / "b", env_id=TRACK_ID, total_steps=640, seed=5))
+    a = train_a2c(_cfg(tmp_path / "a", env_id=TRACK_ID, total_timesteps=640, seed=5))
+    b = train_a2c(_cfg(tmp_path / "b", env_id=TRACK_ID, total_timesteps=640, seed=5))
     assert without_timings(a) == without_timings(b)
-    actor, critic, cfg = load_a2c(str(tmp_path / "a" / "agent"))
-    assert cfg.seed == 5 and cfg.env_id == TRACK_ID
-    actor_b, critic_b, _ = load_a2c(str(tmp_path / "b" / "agent"))
-    assert_same_weights((actor, actor_b), (critic, critic_b))
-    c = train_a2c(_cfg(tmp_path / "c", env_id=TRACK_ID, total_steps=640, seed=6))
-    assert c["eval_mean_return"] != a["eval_mean_return"]
+    loaded, loaded_b = load_agent(str(tmp_path / "a")), load_agent(str(tmp_path / "b"))
+    assert type(loaded.config) is A2CConfig and loaded.config.seed == 5 and loaded.config.env_id == TRACK_ID
+    assert_same_weights(*((loaded.networks[k], loaded_b.networks[k]) for k in ("actor", "critic")))
+    c = train_a2c(_cfg(tmp_path / "c", env_id=TRACK_ID, total_timesteps=640, seed=6))
+    assert c.eval_mean_return != a.eval_mean_return
 
 
 def test_config_errors_name_the_field():

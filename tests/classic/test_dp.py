@@ -6,8 +6,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from llmrl.classic.dp import (greedy_policy, policy_evaluation, policy_iteration, q_from_v, q_value_iteration,
-                              value_iteration)
+from llmrl.classic.dp import (greedy_policy, policy_evaluation, policy_iteration, policy_matrices, proper_policy,
+                              q_from_v, q_value_iteration, value_iteration)
 from llmrl.classic.mdp import TabularMDP
 
 
@@ -197,8 +197,52 @@ def test_improper_policy_with_gamma_one_is_a_clear_error():
     m = TabularMDP.gridworld()  # gamma = 1; always-left never leaves column 0
     with pytest.raises(ValueError, match="proper policy"):
         policy_evaluation(m, np.zeros(m.S, dtype=int))
-    start = value_iteration(m, tol=1e-8).policy  # a proper start works
-    np.testing.assert_allclose(policy_iteration(m, policy=start).V, value_iteration(m, tol=1e-10).V, atol=1e-8)
+
+
+AIMA_UTILITIES = np.array([[0.812, 0.868, 0.918, 0.0], [0.762, 0.0, 0.660, 0.0], [0.705, 0.655, 0.611, 0.388]])
+
+
+def test_policy_iteration_at_gamma_one_from_the_default_start():
+    # The default start used to be greedy on r, which on the 4x3 world (every r = -0.04) is "left" everywhere:
+    # improper, and its evaluation failed with "I - gamma P_pi is singular".
+    m = TabularMDP.gridworld()
+    res = policy_iteration(m)
+    assert res.converged
+    np.testing.assert_allclose(res.V.reshape(3, 4), AIMA_UTILITIES, atol=5e-4)  # AIMA fig. 17.3, by hand
+    np.testing.assert_allclose(res.V, value_iteration(m, tol=1e-12).V, atol=1e-9)
+    assert list(res.policy[[8, 4, 0, 1, 2, 11]]) == [3, 3, 2, 2, 2, 0]  # AIMA fig. 17.2
+
+
+@pytest.mark.parametrize("map_name", ["4x4", "8x8"])
+@pytest.mark.parametrize("slippery", [True, False])
+def test_policy_iteration_at_gamma_one_on_frozenlake(map_name, slippery):
+    # Undiscounted FrozenLake: V*(s) = the highest probability of reaching the goal; loops pay 0 there.
+    m = TabularMDP.from_gymnasium(gym.make("FrozenLake-v1", map_name=map_name, is_slippery=slippery), gamma=1.0)
+    res = policy_iteration(m)
+    np.testing.assert_allclose(res.V, value_iteration(m, tol=1e-13, max_iters=10**6).V, atol=1e-8)
+    assert (res.V >= -1e-12).all() and (res.V <= 1 + 1e-9).all()
+    if not slippery:  # the goal is reached for sure by walking there
+        assert res.V[0] == pytest.approx(1.0)
+
+
+def test_proper_policy_reaches_a_terminal_state_with_probability_one():
+    for m in (TabularMDP.gridworld(),
+              TabularMDP.from_gymnasium(gym.make("FrozenLake-v1", map_name="8x8"), gamma=1.0)):
+        pi = proper_policy(m)
+        live = ~m.terminal
+        P_live = policy_matrices(m, pi)[0].toarray()[np.ix_(live, live)]
+        # P(still among the live states after n steps) = P_live^n 1 -> 0 iff the spectral radius is below 1
+        assert np.abs(np.linalg.eigvals(P_live)).max() < 1 - 1e-6
+        steps_to_end = np.linalg.solve(np.eye(live.sum()) - P_live, np.ones(live.sum()))  # expected episode length
+        assert np.isfinite(steps_to_end).all() and (steps_to_end >= 1).all()
+    # a state that no action can move out of, with reward: no proper policy exists
+    P = np.zeros((3, 2, 3))
+    P[0, :, 2] = 1.0
+    P[1, :, 1] = 1.0
+    P[2, :, 2] = 1.0
+    stuck = TabularMDP(P, np.array([[1.0, 1.0], [-1.0, -1.0], [0.0, 0.0]]), 1.0)
+    with pytest.raises(ValueError, match=r"from states \[1\]"):
+        proper_policy(stuck)
 
 
 def test_bad_arguments_raise_clear_errors():

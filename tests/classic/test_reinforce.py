@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from llmrl.classic.policies import Actor, Critic
-from llmrl.classic.reinforce import (BASELINES, ReinforceConfig, gradient_variance, load_reinforce,
-                                     reinforce_advantages, reinforce_loss, score_norms, train_reinforce)
-from llmrl.classic.rollout import EpisodeCollector, OnPolicyRun
+from llmrl.classic.reinforce import (BASELINES, ReinforceConfig, gradient_variance, per_step_scores,
+                                     reinforce_advantages, reinforce_loss, train_reinforce)
+from llmrl.classic.rollout import EpisodeCollector
+from llmrl.classic.run import Run, load_agent
 from llmrl.objectives import discounted_returns
+from llmrl.objectives.baselines import policy_gradient_estimate
 
 from .test_policies import ALTERNATE_ID, TRACK_ID, assert_same_weights, register_toy_envs, run_recipe, without_timings
 
@@ -62,9 +64,10 @@ def exact_gradient(actor: Actor) -> torch.Tensor:
 def _toy_setup(tmp_path, num_envs):
     if TOY_ID not in gym.registry:
         gym.register(TOY_ID, entry_point=ToyMDP)
-    cfg = ReinforceConfig(env_id=TOY_ID, run_dir=str(tmp_path), tensorboard=False, progress=False,
+    cfg = ReinforceConfig(env_id=TOY_ID, output_dir=str(tmp_path), report_to="none", progress_bar=False,
                           gamma=GAMMA, hidden_sizes=[])
-    run = OnPolicyRun(cfg)
+    run = Run(cfg)
+    run.start()
     torch.manual_seed(1)
     actor = Actor(ToyMDP.observation_space, ToyMDP.action_space, hidden_sizes=[])  # tabular softmax
     with torch.no_grad():
@@ -85,13 +88,12 @@ def _estimates(collector, actor, critic, num_batches, episodes, baselines=BASELI
         returns = discounted_returns(batch.rewards, GAMMA, batch.dones)
         with torch.no_grad():
             values = critic(batch.obs)
-        grad_sq = score_norms(actor, batch)
-        advs = {b: reinforce_advantages(returns, batch.mask, GAMMA, b, values, grad_sq,
+        scores = per_step_scores(actor, batch)
+        advs = {b: reinforce_advantages(returns, batch.mask, GAMMA, b, values, scores,
                                         discount_weighting=discount_weighting) for b in baselines}
         for b, adv in advs.items():
-            grads = torch.autograd.grad(reinforce_loss(actor, batch, adv), list(actor.parameters()))
-            estimates[b].append(-torch.cat([g.flatten() for g in grads]))  # the loss is minus the estimate
-        for b, v in gradient_variance(actor, batch, advs).items():
+            estimates[b].append(policy_gradient_estimate(scores, adv, batch.mask))
+        for b, v in gradient_variance(scores, advs).items():
             variances[b].append(v)
     return {b: torch.stack(e) for b, e in estimates.items()}, {b: float(np.mean(v)) for b, v in variances.items()}
 
@@ -112,18 +114,55 @@ def test_estimator_is_unbiased_for_every_baseline_and_baselines_reduce_variance(
     assert z.abs().max() > 5, z.tolist()
 
 
-def test_gradient_variance_matches_per_episode_autograd(tmp_path):
+def _per_step_autograd(actor, batch):
+    """Score vectors of every step by one autograd call each: (N, T, P), 0 on padding."""
+    N, T = batch.mask.shape
+    out = torch.zeros(N, T, sum(p.numel() for p in actor.parameters()))
+    for i in range(N):
+        for t in range(int(batch.mask[i].sum())):
+            logp = actor.distribution(actor(batch.obs[i, t])).log_prob(batch.actions[i, t])
+            out[i, t] = torch.cat([g.flatten() for g in torch.autograd.grad(logp, list(actor.parameters()))])
+    return out
+
+
+def test_scores_estimates_and_variance_match_per_step_autograd(tmp_path):
     collector, actor, critic = _toy_setup(tmp_path, num_envs=4)
     batch = collector.collect(6)
     returns = discounted_returns(batch.rewards, GAMMA, batch.dones)
+    scores = _per_step_autograd(actor, batch)
+    torch.testing.assert_close(per_step_scores(actor, batch), scores)
+    # With a per-step advantage the estimate is minus the gradient of the loss the agent backpropagates.
     adv = reinforce_advantages(returns, batch.mask, GAMMA, "time_dependent")
-    per_episode = []
-    for i in range(6):  # g_i = grad sum_t log pi(a_t|s_t) A_t of episode i alone
-        logp = actor.distribution(actor(batch.obs[i])).log_prob(batch.actions[i])
-        grads = torch.autograd.grad((logp * adv[i] * batch.mask[i]).sum(), list(actor.parameters()))
-        per_episode.append(torch.cat([g.flatten() for g in grads]))
-    expected = torch.stack(per_episode).var(0).sum().item()
-    assert gradient_variance(actor, batch, {"t": adv})["t"] == pytest.approx(expected, rel=1e-5)
+    grads = torch.autograd.grad(reinforce_loss(actor, batch, adv), list(actor.parameters()))
+    torch.testing.assert_close(policy_gradient_estimate(scores, adv, batch.mask),
+                               -torch.cat([g.flatten() for g in grads]))
+    # Variance: of the single-episode estimates g_i = sum_t s_t A_t, over the episodes, summed over parameters.
+    per_episode = torch.stack([(scores[i] * adv[i, :, None]).sum(0) for i in range(6)])
+    assert gradient_variance(scores, {"t": adv})["t"] == pytest.approx(per_episode.var(0).sum().item(), rel=1e-5)
+
+
+def test_optimal_baseline_is_per_parameter(tmp_path):
+    # The seed's minimum-variance baseline, b_tk = sum_j s_jtk^2 G_jt / sum_j s_jtk^2 for each parameter k, over
+    # the other episodes j != i (leave-one-out), computed here by loops over episodes, steps and parameters.
+    collector, actor, critic = _toy_setup(tmp_path, num_envs=4)
+    batch = collector.collect(5)
+    returns = discounted_returns(batch.rewards, GAMMA, batch.dones)
+    scores = _per_step_autograd(actor, batch)
+    N, T, P = scores.shape
+    expected = torch.zeros(N, T, P)
+    for i in range(N):
+        for t in range(int(batch.mask[i].sum())):
+            others = [j for j in range(N) if j != i and batch.mask[j, t]]
+            for k in range(P):
+                num = sum(float(scores[j, t, k]) ** 2 * float(returns[j, t]) for j in others)
+                den = sum(float(scores[j, t, k]) ** 2 for j in others)
+                expected[i, t, k] = (returns[i, t] - (num / den if den > 0 else 0.0)) * GAMMA ** t
+    adv = reinforce_advantages(returns, batch.mask, GAMMA, "optimal", scores=per_step_scores(actor, batch),
+                               discount_weighting=True)
+    assert adv.shape == (N, T, P)
+    torch.testing.assert_close(adv, expected)
+    # ...and the b_tk differ across parameters (a single number per step would not).
+    assert (adv[0, 0] - adv[0, 0].mean()).abs().max() > 1e-3
 
 
 def test_episode_collector_returns_whole_episodes(tmp_path):
@@ -141,44 +180,49 @@ def test_episode_collector_returns_whole_episodes(tmp_path):
 
 def _cfg(tmp_path, **kw):
     register_toy_envs()
-    base = dict(run_dir=str(tmp_path), tensorboard=False, progress=False, eval_episodes=2)
+    base = dict(output_dir=str(tmp_path), report_to="none", progress_bar=False, eval_episodes=2)
     return ReinforceConfig(**(base | kw))
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 def test_smoke_discrete_and_continuous(tmp_path, env_id):
-    res = train_reinforce(_cfg(tmp_path, env_id=env_id, total_steps=600, episodes_per_batch=2, num_envs=2,
+    res = train_reinforce(_cfg(tmp_path, env_id=env_id, total_timesteps=600, episodes_per_batch=2, num_envs=2,
                                report_variance=True))
-    assert res["total_steps"] >= 600 and np.isfinite(res["eval_mean_return"])
+    assert res.total_timesteps >= 600 and np.isfinite(res.eval_mean_return)
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert any("grad_var/value" in r and "grad_var/optimal" in r for r in rows)
 
 
 @pytest.mark.parametrize("baseline", BASELINES)
 def test_every_baseline_trains(tmp_path, baseline):
-    res = train_reinforce(_cfg(tmp_path, env_id=ALTERNATE_ID, total_steps=300, baseline=baseline,
+    res = train_reinforce(_cfg(tmp_path, env_id=ALTERNATE_ID, total_timesteps=300, baseline=baseline,
                                episodes_per_batch=4))
-    assert res["episodes"] > 0
+    assert len(res.episode_returns) > 0
 
 
 def test_learns_tiny_envs(tmp_path):
-    res = train_reinforce(_cfg(tmp_path / "d", env_id=ALTERNATE_ID, total_steps=1500, episodes_per_batch=8,
+    res = train_reinforce(_cfg(tmp_path / "d", env_id=ALTERNATE_ID, total_timesteps=1500, episodes_per_batch=8,
                                learning_rate=1e-2, eval_episodes=1))
-    assert res["eval_mean_return"] == 5.0, res
-    res = train_reinforce(_cfg(tmp_path / "c", env_id=TRACK_ID, total_steps=6000, episodes_per_batch=8,
+    assert res.eval_mean_return == 5.0, res.summary()
+    res = train_reinforce(_cfg(tmp_path / "c", env_id=TRACK_ID, total_timesteps=6000, episodes_per_batch=8,
                                learning_rate=1e-2, eval_episodes=1))
-    assert res["eval_mean_return"] > -0.3, res
+    assert res.eval_mean_return > -0.3, res.summary()
 
 
 def test_same_seed_same_result_and_save_load(tmp_path):
-    a = train_reinforce(_cfg(tmp_path / "a", env_id=ALTERNATE_ID, total_steps=500, seed=3))
-    b = train_reinforce(_cfg(tmp_path / "b", env_id=ALTERNATE_ID, total_steps=500, seed=3))
+    a = train_reinforce(_cfg(tmp_path / "a", env_id=ALTERNATE_ID, total_timesteps=500, seed=3))
+    b = train_reinforce(_cfg(tmp_path / "b", env_id=ALTERNATE_ID, total_timesteps=500, seed=3))
     assert without_timings(a) == without_timings(b)
-    actor_a, critic_a, cfg_a = load_reinforce(str(tmp_path / "a" / "agent"))
-    actor_b, critic_b, cfg_b = load_reinforce(str(tmp_path / "b" / "agent"))
-    assert cfg_a.run_dir.endswith("a") and cfg_a == ReinforceConfig(**(vars(cfg_b) | {"run_dir": cfg_a.run_dir}))
-    assert_same_weights((actor_a, actor_b), (critic_a, critic_b))
-    assert actor_a.act(np.eye(6, dtype=np.float32)[1]) == actor_b.act(np.eye(6, dtype=np.float32)[1])
+    loaded, loaded_b = load_agent(str(tmp_path / "a")), load_agent(str(tmp_path / "b"))
+    cfg_a, cfg_b = loaded.config, loaded_b.config
+    assert cfg_a.output_dir.endswith("a")
+    assert cfg_a == ReinforceConfig(**(vars(cfg_b) | {"output_dir": cfg_a.output_dir}))
+    assert_same_weights(*((loaded.networks[k], loaded_b.networks[k]) for k in ("actor", "critic")))
+    obs = np.eye(6, dtype=np.float32)[1]
+    assert loaded.act(obs) == loaded_b.act(obs)
+    # without the value baseline there is no critic to save or load
+    c = train_reinforce(_cfg(tmp_path / "c", env_id=ALTERNATE_ID, total_timesteps=100, baseline="optimal"))
+    assert list(c.agent.networks) == list(load_agent(str(tmp_path / "c")).networks) == ["actor"]
 
 
 def test_config_errors_name_the_field():

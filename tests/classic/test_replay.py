@@ -34,6 +34,8 @@ def test_sum_tree_never_returns_an_empty_leaf():
                                   [0, 4, 4, 4, 4])
     tree.update(np.array([4, 1]), np.zeros(2))  # zero-priority leaves are skipped at any prefix
     np.testing.assert_array_equal(tree.find(np.array([0.5, 1.0, 2.999, 3.0, 9.0])), [0, 2, 3, 3, 3])
+    tree.update(np.array([0]), np.zeros(1))  # a draw u = 0 must not return a first leaf of priority 0
+    np.testing.assert_array_equal(tree.find(np.array([0.0, np.nextafter(1.0, 0), 1.0])), [2, 2, 3])
 
 
 def fill(buffer, n, rng, num_envs=1):

@@ -6,9 +6,9 @@ import torch
 from torch.nn.utils import parameters_to_vector
 
 from llmrl.classic.common import make_vec_env
-from llmrl.classic.policies import build_actor_critic
-from llmrl.classic.rollout import OnPolicyRun, RolloutCollector
-from llmrl.classic.trpo import TRPOConfig, load_trpo, train_trpo, trpo_policy_step
+from llmrl.classic.rollout import RolloutCollector
+from llmrl.classic.run import Run, load_agent
+from llmrl.classic.trpo import TRPOConfig, train_trpo, trpo_policy_step
 from llmrl.objectives import gae, surrogate_loss, whiten
 
 from .test_policies import ALTERNATE_ID, TRACK_ID, assert_same_weights, register_toy_envs, run_recipe, without_timings
@@ -16,15 +16,17 @@ from .test_policies import ALTERNATE_ID, TRACK_ID, assert_same_weights, register
 
 def _cfg(tmp_path, **kw):
     register_toy_envs()
-    base = dict(run_dir=str(tmp_path), tensorboard=False, progress=False, eval_episodes=2)
+    base = dict(output_dir=str(tmp_path), report_to="none", progress_bar=False, eval_episodes=2)
     return TRPOConfig(**(base | kw))
 
 
 def _rollout(cfg):
-    run = OnPolicyRun(cfg)
-    envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
-    actor, critic = build_actor_critic(cfg, envs)
-    ro = RolloutCollector(envs, actor, critic, cfg.num_steps, run, cfg.seed).collect()
+    with Run(cfg) as run:
+        envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
+        networks = cfg.build_networks(envs)
+        actor, critic = networks["actor"], networks["critic"]
+        run.start()
+        ro = RolloutCollector(envs, actor, critic, cfg.num_steps, run, cfg.seed).collect()
     adv, _ = gae(ro.rewards, ro.values, ro.next_values, ro.dones, cfg.gamma, cfg.gae_lambda, ro.terminated)
     return actor, ro.flat(), whiten(adv.flatten())
 
@@ -62,28 +64,27 @@ def test_rejected_step_restores_the_parameters(tmp_path):
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 def test_smoke_discrete_and_continuous(tmp_path, env_id):
-    res = train_trpo(_cfg(tmp_path, env_id=env_id, total_steps=1024, value_epochs=2))
-    assert res["total_steps"] == 1024 and np.isfinite(res["eval_mean_return"])
+    res = train_trpo(_cfg(tmp_path, env_id=env_id, total_timesteps=1024, value_epochs=2))
+    assert res.total_timesteps == 1024 and np.isfinite(res.eval_mean_return)
 
 
 def test_learns_tiny_envs(tmp_path):
-    res = train_trpo(_cfg(tmp_path / "d", env_id=ALTERNATE_ID, total_steps=1536, num_steps=16, max_kl=0.05,
+    res = train_trpo(_cfg(tmp_path / "d", env_id=ALTERNATE_ID, total_timesteps=1536, num_steps=16, max_kl=0.05,
                           eval_episodes=1))
-    assert res["eval_mean_return"] == 5.0, res
-    res = train_trpo(_cfg(tmp_path / "c", env_id=TRACK_ID, total_steps=3072, num_steps=16, max_kl=0.05,
+    assert res.eval_mean_return == 5.0, res.summary()
+    res = train_trpo(_cfg(tmp_path / "c", env_id=TRACK_ID, total_timesteps=3072, num_steps=16, max_kl=0.05,
                           eval_episodes=1))
-    assert res["eval_mean_return"] > -0.3, res
+    assert res.eval_mean_return > -0.3, res.summary()
 
 
 def test_same_seed_same_result_and_save_load(tmp_path):
-    kw = dict(env_id=ALTERNATE_ID, total_steps=512, num_steps=16, seed=2)
+    kw = dict(env_id=ALTERNATE_ID, total_timesteps=512, num_steps=16, seed=2)
     a = train_trpo(_cfg(tmp_path / "a", **kw))
     b = train_trpo(_cfg(tmp_path / "b", **kw))
     assert without_timings(a) == without_timings(b)
-    actor, critic, cfg = load_trpo(str(tmp_path / "a" / "agent"))
-    actor_b, critic_b, _ = load_trpo(str(tmp_path / "b" / "agent"))
-    assert cfg.seed == 2 and cfg.num_steps == 16
-    assert_same_weights((actor, actor_b), (critic, critic_b))
+    loaded, loaded_b = load_agent(str(tmp_path / "a")), load_agent(str(tmp_path / "b"))
+    assert type(loaded.config) is TRPOConfig and loaded.config.seed == 2 and loaded.config.num_steps == 16
+    assert_same_weights(*((loaded.networks[k], loaded_b.networks[k]) for k in ("actor", "critic")))
 
 
 def test_config_errors_name_the_field():

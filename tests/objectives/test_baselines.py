@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from llmrl.objectives import constant_baseline, optimal_baseline, time_dependent_baseline, value_loss
+from llmrl.objectives.baselines import policy_gradient_estimate
 
 
 def _data(N=6, T=5, seed=0):
@@ -48,6 +49,58 @@ def test_optimal_baseline_minimizes_weighted_second_moment(per_timestep):
         moment = (w[:, c].reshape(-1, 1) * (G[:, c].reshape(-1, 1) - scan) ** 2).sum(0)
         assert abs(float(scan[moment.argmin()]) - float(closed)) <= 1e-3 + 1e-12
         assert float((w[:, c] * (G[:, c] - closed) ** 2).sum()) <= float(moment.min()) + 1e-12
+
+
+def _bandit(theta, rewards):
+    """A one-step bandit with a softmax policy over logits theta, enumerated: pi (K,), the score vectors
+    s_a = grad_theta log pi(a) = e_a - pi (K, K), and the rewards (K,)."""
+    theta = torch.tensor(theta, dtype=torch.float64)
+    pi = torch.softmax(theta, -1)
+    return pi, torch.eye(len(pi), dtype=torch.float64) - pi, torch.tensor(rewards, dtype=torch.float64)
+
+
+def _exact_variance(pi, scores, rewards, b):
+    """Trace of the covariance of the one-sample estimate g = s_a (r_a - b) (b: scalar or per parameter),
+    by enumerating the actions a ~ pi."""
+    g = scores * (rewards[:, None] - b)  # (K actions, K parameters)
+    mean = (pi[:, None] * g).sum(0)
+    return float((pi[:, None] * (g - mean) ** 2).sum())
+
+
+def test_per_parameter_optimal_baseline_on_a_bandit_by_hand():
+    # Uniform policy over 3 arms paying 1, 2, 3: s_ak^2 = 4/9 (k = a) or 1/9, so the seed's per-parameter
+    # b_k = sum_a s_ak^2 r_a / sum_a s_ak^2 = (4 r_k + sum_(a != k) r_a) / 6 = 1.5, 2, 2.5; every ||s_a||^2 is
+    # 6/9, so the best single number is the mean reward, 2. Exact variances: 1/9 (per parameter), 2/9 (single
+    # number), 26/9 (no baseline). The batch of the three arms, once each, is the exact distribution.
+    pi, scores, rewards = _bandit([0.0, 0.0, 0.0], [1.0, 2.0, 3.0])
+    G = rewards[:, None]  # (N=3 trajectories, T=1)
+    per_parameter = optimal_baseline(G, scores[:, None, :] ** 2)  # (3, 1, 3)
+    scalar = optimal_baseline(G, (scores ** 2).sum(-1, keepdim=True))  # (3, 1)
+    torch.testing.assert_close(per_parameter, torch.tensor([1.5, 2.0, 2.5], dtype=torch.float64).expand(3, 1, 3))
+    torch.testing.assert_close(scalar, torch.full((3, 1), 2.0, dtype=torch.float64))
+    assert _exact_variance(pi, scores, rewards, per_parameter[0, 0]) == pytest.approx(1 / 9)
+    assert _exact_variance(pi, scores, rewards, scalar[0, 0]) == pytest.approx(2 / 9)
+    assert _exact_variance(pi, scores, rewards, 0.0) == pytest.approx(26 / 9)
+    # The estimate built with it: the mean over the enumerated arms of s_a (r_a - b_a) is grad J = E[s r] exactly
+    # (any action-independent baseline leaves it unbiased).
+    adv = G[..., None] - per_parameter
+    torch.testing.assert_close(policy_gradient_estimate(scores[:, None, :], adv), (scores * rewards[:, None]).mean(0))
+
+
+def test_per_parameter_optimal_baseline_minimizes_each_component_on_a_skewed_bandit():
+    # A non-uniform policy: the batch sums become expectations over a ~ pi when each arm's squared score carries
+    # its probability, pi_a s_ak^2. Per parameter, b_k is the minimizer of component k's variance (a scan finds no
+    # better value), and the total variance is well below the best single number's (about 1.8 vs 4.0; none: 6.7).
+    pi, scores, rewards = _bandit([2.0, 0.0, -1.0], [0.0, 1.0, 10.0])
+    G = rewards[:, None]
+    b = optimal_baseline(G, pi[:, None, None] * scores[:, None, :] ** 2)[0, 0]
+    b_scalar = optimal_baseline(G, pi[:, None] * (scores ** 2).sum(-1, keepdim=True))[0, 0]
+    for k in range(3):
+        scan = torch.linspace(float(b[k]) - 3, float(b[k]) + 3, 6001, dtype=torch.float64)
+        var_k = (pi[:, None] * scores[:, k:k + 1] ** 2 * (rewards[:, None] - scan) ** 2).sum(0)
+        assert abs(float(scan[var_k.argmin()]) - float(b[k])) <= 1e-3 + 1e-12
+    per_parameter, single = _exact_variance(pi, scores, rewards, b), _exact_variance(pi, scores, rewards, b_scalar)
+    assert per_parameter < 0.5 * single < 0.5 * _exact_variance(pi, scores, rewards, 0.0)
 
 
 def test_optimal_baseline_with_equal_weights_is_time_dependent_mean():
@@ -128,3 +181,18 @@ def test_leave_one_out_baseline_with_no_other_row_is_zero():
     b = time_dependent_baseline(G, mask, leave_one_out=True)
     torch.testing.assert_close(b, torch.tensor([[3.0, 0.0], [1.0, 2.0]], dtype=torch.float64))
     assert torch.isfinite(optimal_baseline(G, torch.ones_like(G), mask, leave_one_out=True)).all()
+
+
+def test_leave_one_out_is_exact_when_one_trajectory_dominates():
+    # Per parameter, one episode's squared score can exceed the others' by more than 1/eps. Taking row i out of
+    # the total by subtraction then cancels: 1e10 + 1e-10 - 1e10 = 0 in the denominator under a nonzero rounding
+    # residue in the numerator, so b came out 0 or ~1e300 instead of the other rows' own weighted mean.
+    G = torch.tensor([[1.0 / 3.0], [2.0], [5.0]], dtype=torch.float64)
+    w = torch.tensor([[1e10], [1e-10], [3e-10]], dtype=torch.float64)
+    b = optimal_baseline(G, w, leave_one_out=True)
+    expected = [(2.0 * 1e-10 + 5.0 * 3e-10) / 4e-10,  # = 4.25: the two small rows' own weighted mean
+                (1e10 / 3.0 + 5.0 * 3e-10) / (1e10 + 3e-10), (1e10 / 3.0 + 2.0 * 1e-10) / (1e10 + 1e-10)]
+    torch.testing.assert_close(b[:, 0], torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=0)
+    per_parameter = optimal_baseline(G, torch.cat([w, w.flip(0)], dim=1)[:, None, :], leave_one_out=True)
+    assert torch.isfinite(per_parameter).all()
+    torch.testing.assert_close(per_parameter[:, 0, 0], b[:, 0], rtol=1e-12, atol=0)

@@ -173,3 +173,18 @@ def test_gae_truncation_bootstraps_with_value_of_final_state():
     # the same data with the truncation treated as terminal loses exactly the bootstrap terms
     adv_term, _ = gae(r, values, next_values, dones, 0.5, 1.0)
     torch.testing.assert_close((adv - adv_term)[0, :3], torch.tensor([0.625, 1.25, 2.5], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("batch", [(), (3,), (2, 4)])
+def test_an_empty_window_gives_empty_outputs(batch):
+    # T = 0 (e.g. a rollout cut to nothing) used to raise IndexError (rewards[..., 0]) or, for n_step_returns,
+    # "n must be >= 1" from its default n = T; the brute-force definitions give empty sums.
+    empty = torch.zeros(*batch, 0, dtype=torch.float64)
+    outputs = [discounted_returns(empty, GAMMA), discounted_returns(empty, GAMMA, empty, torch.ones(batch)),
+               *gae(empty, empty, empty, empty, GAMMA, LAM), *gae(empty, empty, empty, empty, GAMMA, LAM, empty),
+               n_step_returns(empty, empty, empty, GAMMA, None), n_step_returns(empty, empty, None, GAMMA, 3),
+               td_target(empty, empty, empty, GAMMA)]
+    for out in outputs:
+        assert out.shape == (*batch, 0) and out.dtype == torch.float64
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        n_step_returns(empty, empty, empty, GAMMA, 0)
