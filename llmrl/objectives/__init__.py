@@ -5,7 +5,8 @@ The classic gym agents and the LLM trainer both call these; nothing else re-deri
 """
 from .advantages import (SEQUENCE_ESTIMATORS, group_advantages, leave_one_out_advantages, sequence_advantages, whiten,
                          zero_std_groups)
-from .baselines import constant_baseline, optimal_baseline, time_dependent_baseline, value_loss
+from .baselines import (constant_baseline, optimal_baseline, policy_gradient_estimate, time_dependent_baseline,
+                        value_loss)
 from .dqn import dueling_q_values, importance_sampling_weights, n_step_sums, per_priorities
 from .kl import (KL_ESTIMATORS, KL_GRADIENTS, AdaptiveKLController, FixedKLController, ProportionalKLController,
                  kl_estimate, kl_k1, kl_k2, kl_k3, kl_penalty)
@@ -19,7 +20,7 @@ from .trust_region import conjugate_gradient, fisher_vector_product, softmax_fis
 
 __all__ = [
     "discounted_returns", "n_step_returns", "td_target", "double_q_values", "gae",
-    "constant_baseline", "time_dependent_baseline", "optimal_baseline", "value_loss",
+    "constant_baseline", "time_dependent_baseline", "optimal_baseline", "policy_gradient_estimate", "value_loss",
     "group_advantages", "leave_one_out_advantages", "zero_std_groups", "whiten", "sequence_advantages",
     "SEQUENCE_ESTIMATORS",
     "kl_k1", "kl_k2", "kl_k3", "kl_estimate", "kl_penalty", "KL_ESTIMATORS", "KL_GRADIENTS", "FixedKLController",
