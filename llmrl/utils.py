@@ -20,7 +20,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)  # what our validation raises for a user's mistake
+class SetupError(RuntimeError):
+    """A run cannot go on as set up, for a reason the user fixes (the hub unreachable or refusing a token, out of
+    memory at these batch sizes); its message is one line that says what to change."""
+
+
+# what our validation raises for a user's mistake (one line and exit code 2 from every recipe, not a traceback)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ConnectionError, SetupError)
 
 
 def _one_line(message: str) -> str:
@@ -81,21 +87,62 @@ def close_flags(flag: str, names: Sequence[str]) -> list[str]:
     return found[:3] or difflib.get_close_matches(name, names, n=3, cutoff=0.55)
 
 
+def expand_config_file(argv: Sequence[str]) -> list[str]:
+    """`--config FILE.yaml` (as TRL's CLI takes it) replaced by the flags the YAML mapping holds (`key: value`,
+    lists for list fields, `null` = leave the default), placed first so that flags given on the command line win."""
+    argv = list(argv)
+    if "--config" not in argv and not any(a.startswith("--config=") for a in argv):
+        return argv
+    i = next(i for i, a in enumerate(argv) if a == "--config" or a.startswith("--config="))
+    if argv[i] == "--config":
+        if i + 1 >= len(argv):
+            fail("--config needs a YAML file")
+        path, rest = argv[i + 1], argv[:i] + argv[i + 2:]
+    else:
+        path, rest = argv[i].split("=", 1)[1], argv[:i] + argv[i + 1:]
+    import yaml
+
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    except OSError as e:
+        fail(f"--config {path}: {e.strerror}")
+    except yaml.YAMLError as e:
+        fail(f"--config {path} is not valid YAML: {e}")
+    if not isinstance(values, dict):
+        fail(f"--config {path} must hold a mapping of settings (key: value), got {type(values).__name__}")
+    flags = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        flags.append(f"--{key}")
+        flags += [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+    return flags + rest
+
+
+def flag_given(argv: Sequence[str], name: str) -> bool:
+    """Whether `--name` is set on the command line (or by its --config file)."""
+    return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in expand_config_file(argv))
+
+
 def parse_config(cls: type | tuple[type, ...], argv: Sequence[str] | None = None,
                  defaults: dict[str, Any] | None = None) -> Any:
     """Parse `--field value` flags into the dataclass `cls` (or into each of a tuple of dataclasses, returning a
     tuple). `defaults` replaces field defaults (a recipe's own settings; `--help` shows them). `--help` lists every
-    field with its metadata["help"]. A flag error prints one line `error: ...` (an unknown flag with the closest
-    field names) and exits with code 2; a value the config's `__post_init__` refuses raises its ValueError (see
-    `cli_main`)."""
+    field with its metadata["help"]. `--config FILE.yaml` reads flags from a YAML mapping (command-line flags win).
+    A flag error prints one line `error: ...` (an unknown flag with the closest field names) and exits with code
+    2; a value the config's `__post_init__` refuses raises its ValueError (see `cli_main`)."""
     classes = cls if isinstance(cls, tuple) else (cls,)
     parser = _config_parser(classes, defaults)
-    namespace, unknown = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    parser.add_argument("--config", default=None, help="A YAML file of settings (key: value); flags given on the "
+                                                        "command line override it.")
+    argv = expand_config_file(list(sys.argv[1:] if argv is None else argv))
+    namespace, unknown = parser.parse_known_args(argv)
     if unknown:
         flag = next((a for a in unknown if a.startswith("-")), unknown[0])
         if not flag.startswith("-"):
             fail(f"unexpected argument {flag!r} (every setting is a --flag; see --help)")
-        names = sorted({a.dest for a in parser._actions if a.dest != "help"}
+        names = sorted({a.dest for a in parser._actions if a.dest not in ("help", "config")}
                        | {alias for c in classes for alias in getattr(c, "ALIASES", {})})
         close = close_flags(flag, names)
         fail(f"unknown flag {flag.split('=', 1)[0]}" +
@@ -106,8 +153,8 @@ def parse_config(cls: type | tuple[type, ...], argv: Sequence[str] | None = None
 
 
 def cli_main(main: Callable[[], Any]) -> None:
-    """Run a recipe's `main()`. A user's mistake (a ValueError, FileNotFoundError or FileExistsError from our
-    validation) ends in one line `error: MESSAGE` on stderr and exit code 2, Ctrl-C in `interrupted` and 130; any
+    """Run a recipe's `main()`. A user's mistake (USER_ERRORS: a ValueError, FileNotFoundError, FileExistsError,
+    ConnectionError or SetupError from our validation) ends in one line `error: MESSAGE` on stderr and exit code 2, Ctrl-C in `interrupted` and 130; any
     other exception is a bug and keeps its traceback. LLMRL_DEBUG=1 shows the traceback of user errors too."""
     try:
         main()

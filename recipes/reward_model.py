@@ -1,43 +1,20 @@
-"""Train a reward model on preference pairs with the Bradley-Terry loss: a causal-LM backbone with a scalar head
-(LoRA by default; the head trains fully), pairwise accuracy on held-out pairs.
+"""Train a reward model on preference pairs (TRL's chosen/rejected format) with the Bradley-Terry loss: a
+causal-LM backbone with a scalar head, LoRA by default, pairwise accuracy on held-out pairs. The same job as
+`llmrl rm`; it reads top to bottom in llmrl/scripts/reward_model.py.
 
     python -m llmrl.llm.preference_data --out runs/arithmetic_preferences      # pairs from the bundled model
-    python recipes/reward_model.py --eval_dataset runs/arithmetic_preferences  # train on them (bundled backbone)
-    accelerate launch recipes/reward_model.py --model HuggingFaceTB/SmolLM2-360M-Instruct \\
-        --dataset trl-lib/ultrafeedback_binarized --eval_dataset trl-lib/ultrafeedback_binarized
+    python recipes/reward_model.py --dataset runs/arithmetic_preferences --eval_dataset runs/arithmetic_preferences
 
-Every RewardConfig field is a flag (`--help` lists them). The run directory gets metrics.jsonl (plot it with
-`python -m llmrl.plot RUN_DIR --keys loss accuracy eval/accuracy`), TensorBoard logs, checkpoints (`--resume
-latest`), eval.json and final/: the model with the adapter merged, which
-`AutoModelForSequenceClassification.from_pretrained` and `llmrl.llm.RewardModelScorer` load.
+Every RewardConfig field is a flag (`--help` lists them); final/ holds the merged model, which
+`AutoModelForSequenceClassification.from_pretrained` and `llmrl.llm.RewardModelScorer` load (GRPO: --reward_model).
 """
-from __future__ import annotations
-
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a clone, uninstalled
 
-from llmrl.llm.reward_trainer import RewardConfig, RewardTrainer  # noqa: E402
-from llmrl.utils import parse_config  # noqa: E402
-
-
-def main(argv=None) -> dict:
-    cfg = parse_config(RewardConfig, argv)
-    trainer = RewardTrainer(cfg)
-    history = trainer.train()
-    out = trainer.save_final()
-    result = {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("eval/")}
-    if trainer.acc.is_main_process:
-        print(f"reward model saved to {out}")
-        if result:
-            print(f"held-out pairwise accuracy {result['eval/accuracy']:.3f} on {result['eval/pairs']} pairs")
-            with open(os.path.join(cfg.output_dir, "eval.json"), "w") as f:
-                json.dump(result, f, indent=2)
-    trainer.close()
-    return result
-
+from llmrl.scripts.reward_model import main  # noqa: E402
+from llmrl.utils import cli_main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

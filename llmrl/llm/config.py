@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from dataclasses import dataclass, field, fields
 
 from ..objectives.advantages import SCALES, SEQUENCE_ESTIMATORS
@@ -18,8 +19,9 @@ OPTIMIZERS = ("adamw", "trpo", "npg")
 REWARD_MODEL = "reward_model"  # the name of the --reward_model reward among reward_funcs
 
 
-def _h(text: str, **kw):
-    return field(metadata={"help": text}, **kw)
+def _h(text: str, help_off: str | None = None, **kw):
+    """A field with its --help line (and, for a bool that defaults to True, the line of its --no_ flag)."""
+    return field(metadata={"help": text} | ({"help_off": help_off} if help_off else {}), **kw)
 
 
 @dataclass
@@ -142,7 +144,7 @@ class GRPOConfig:
     output_dir: str = _h("Run directory: metrics, completions, checkpoints, final adapter.", default="runs/grpo")
     logging_steps: int = _h("Log metrics every N steps.", default=1)
     log_completions: bool = _h("Write prompts, completions, rewards and advantages to completions.jsonl.",
-                               default=True)
+                               default=True, help_off="Write no completions.jsonl.")
     report_to: list[str] = _h("accelerate trackers: tensorboard, wandb, ... or none.",
                               default_factory=lambda: ["tensorboard"])
     save_steps: int = _h("Checkpoint every N steps (0 = only at the end).", default=50)
@@ -169,7 +171,7 @@ class GRPOConfig:
                             default=0)
     eval_batch_size: int = _h("Sequences decoded together during evaluation (prompts per greedy batch; with "
                               "pass@k, prompts x eval_num_samples).", default=32)
-    eval_before: bool = _h("Evaluate before training too.", default=True)
+    eval_before: bool = _h("Evaluate before training too.", default=True, help_off="Skip the evaluation before training (only after).")
     eval_steps: int = _h("Evaluate every N training steps and at the last one (0 = off); the eval/* metrics go to "
                          "metrics.jsonl and the trackers.", default=0)
     eval_reward: str = _h("Reward function whose mean over greedy completions is the accuracy (1 = correct).",
@@ -185,7 +187,7 @@ class GRPOConfig:
     greater_is_better: bool | None = _h("Whether a larger metric_for_best_model is better (default: yes).",
                                         default=None)
     # --- speed ---
-    shared_prefix: bool = _h("Compute each prompt once per group in the log-prob forward (exact).", default=True)
+    shared_prefix: bool = _h("Compute each prompt once per group in the log-prob forward (exact).", default=True, help_off="Run each prompt + completion as its own sequence in the log-prob forward (the naive path: same values, more compute).")
     sampler: str = _h("Decoding engine: 'auto' (fast Llama-family decoder when supported) | 'hf'.", default="auto")
     logprob_chunk: int = _h("Positions per chunk of the LM-head log-softmax.", default=256)
     # --- TRL's names (TRL GRPOConfig users' habits): each sets the llmrl setting named in its help ---
@@ -307,6 +309,10 @@ class GRPOConfig:
                     resolve_reward_functions(names=rules)
             except ValueError as e:
                 raise ValueError(f"GRPOConfig: {e}") from e
+        single_file = os.path.splitext(str(self.dataset))[1].lower() in (".jsonl", ".json", ".parquet", ".csv")
+        need(not (self.eval_examples and self.eval_dataset is None and single_file),
+             f"the held-out evaluation would read the training file {self.dataset} (a file holds one split, so "
+             f"eval_split cannot pick another): pass --eval_dataset")
         need(self.save_total_limit >= 1, f"save_total_limit must be >= 1, got {self.save_total_limit}")
         need(self.max_nonfinite_steps >= 1, f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
         # accelerate drops a tracker whose package is missing without a word

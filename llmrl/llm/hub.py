@@ -8,6 +8,8 @@ import os
 import socket
 from urllib.parse import urlparse
 
+from ..utils import SetupError
+
 BUNDLED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the bundled GGUF (Q4_1) was quantized from
 _TRUE = {"1", "ON", "YES", "TRUE"}
 _TIMING = ("time", "step_time", "gen_time", "sample_time", "optimize_time", "tokens_per_s")
@@ -38,32 +40,32 @@ def hub_unreachable(timeout: float = 5.0) -> str | None:
 
 def check_hub_access(hub_model_id: str | None, output_dir: str, timeout: float = 5.0) -> str:
     """The repository id push_to_hub will write to ('user/name'; `hub_model_id`, default the name of output_dir,
-    in the token owner's namespace when it has none), or a one-line RuntimeError saying why the hub cannot be
+    in the token owner's namespace when it has none), or a one-line SetupError saying why the hub cannot be
     used: offline mode, no token, the hub not reachable within `timeout` seconds, the token refused."""
     from huggingface_hub import HfApi, constants, get_token
 
     fix = "or drop --push_to_hub (upload output_dir/final later with `hf upload REPO output_dir/final`)"
     if constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE:
-        raise RuntimeError(f"push_to_hub: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it, {fix}")
+        raise SetupError(f"push_to_hub: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it, {fix}")
     token = get_token()
     if not token:
-        raise RuntimeError(f"push_to_hub: no Hugging Face token; run `hf auth login` or set HF_TOKEN to a token "
+        raise SetupError(f"push_to_hub: no Hugging Face token; run `hf auth login` or set HF_TOKEN to a token "
                            f"with write access, {fix}")
     endpoint = hub_endpoint()
     why = hub_unreachable(timeout)
     if why:
-        raise RuntimeError(f"push_to_hub: {why}; check the network, {fix}")
+        raise SetupError(f"push_to_hub: {why}; check the network, {fix}")
     try:
         user = HfApi(endpoint=endpoint).whoami(token=token)["name"]
     except Exception as e:
-        raise RuntimeError(f"push_to_hub: the hub ({endpoint}) did not accept the token ({_one_line(e)}); log in "
+        raise SetupError(f"push_to_hub: the hub ({endpoint}) did not accept the token ({_one_line(e)}); log in "
                            f"again with `hf auth login`, {fix}") from None
     name = hub_model_id or os.path.basename(os.path.abspath(output_dir))
     return name if "/" in name else f"{user}/{name}"
 
 
 def push_folder(folder: str, repo_id: str, private: bool | None = None) -> str:
-    """Create `repo_id` if needed and upload `folder` to it; the repository URL, or a one-line RuntimeError."""
+    """Create `repo_id` if needed and upload `folder` to it; the repository URL, or a one-line SetupError."""
     from huggingface_hub import HfApi
 
     api = HfApi(endpoint=hub_endpoint())
@@ -72,7 +74,7 @@ def push_folder(folder: str, repo_id: str, private: bool | None = None) -> str:
         api.upload_folder(repo_id=repo_id, folder_path=folder,
                           commit_message=f"llmrl: upload {os.path.basename(os.path.normpath(folder))}")
     except Exception as e:
-        raise RuntimeError(f"push_to_hub: uploading {folder} to {repo_id} failed ({_one_line(e)}); the files are "
+        raise SetupError(f"push_to_hub: uploading {folder} to {repo_id} failed ({_one_line(e)}); the files are "
                            f"kept, upload them with `hf upload {repo_id} {folder}`") from None
     return str(url)
 

@@ -145,4 +145,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from ..utils import cli_main
+    cli_main(main)

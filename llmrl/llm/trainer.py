@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import objectives
-from ..utils import RunLogger, seed_everything, truncate_jsonl
+from ..utils import RunLogger, SetupError, seed_everything, truncate_jsonl
 from . import checkpoint as ckpt
 from . import hub, tracking
 from .config import REWARD_MODEL, GRPOConfig
@@ -104,7 +104,7 @@ class LogprobModel(nn.Module):
                        self.temperature, self.chunk)
 
 
-def out_of_memory_hint(err: BaseException, phase: str) -> RuntimeError | None:
+def out_of_memory_hint(err: BaseException, phase: str) -> SetupError | None:
     """A clearer error for running out of memory, naming the knob to lower for the phase that failed."""
     text = str(err).lower()
     if not (isinstance(err, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
@@ -113,7 +113,7 @@ def out_of_memory_hint(err: BaseException, phase: str) -> RuntimeError | None:
     knob = {"generation": "per_device_batch_size, num_generations or max_new_tokens",
             "training": "micro_batch_size (gradient accumulation keeps the update identical) or max_new_tokens",
             "evaluation": "eval_batch_size"}[phase]
-    return RuntimeError(f"out of memory during {phase}: lower {knob}")
+    return SetupError(f"out of memory during {phase}: lower {knob}")
 
 
 class GRPOTrainer:
@@ -677,7 +677,7 @@ class GRPOTrainer:
         return out
 
     def check_push_to_hub(self) -> str:
-        """The hub repository push_to_hub will upload to; a one-line RuntimeError now, before any training, when
+        """The hub repository push_to_hub will upload to; a one-line SetupError now, before any training, when
         there is no token, the hub is not reachable or refuses the token (llmrl.llm.hub.check_hub_access)."""
         self.hub_repo_id = hub.check_hub_access(self.cfg.hub_model_id, self.cfg.output_dir)
         return self.hub_repo_id

@@ -21,6 +21,7 @@ REWARD_FUNCTIONS["length01"] = lambda prompts, completions, **kw: [float(len(c) 
 if __name__ == "__main__":
     from recipes.grpo_gsm8k import main
     model_dir, data = sys.argv[1], sys.argv[2]
-    main(["--model", model_dir, "--dataset", data, "--reward_funcs", "length", "--dtype", "float32",
+    eval_data = ["--eval_dataset", data] if data.endswith(".jsonl") else []  # a file has no test split
+    main(["--model", model_dir, "--dataset", data, *eval_data, "--reward_funcs", "length", "--dtype", "float32",
           "--per_device_batch_size", "8", "--num_generations", "4", "--max_new_tokens", "8",
           "--learning_rate", "1e-2", "--report_to", "none", "--system_prompt", "", *sys.argv[3:]])

@@ -45,3 +45,11 @@ def test_auto_dtype_follows_the_cpu_flags():
     assert cpu_has_fast_bf16("Features : fp asimd sve bf16 i8mm")  # Arm
     assert not cpu_has_fast_bf16("flags : fpu sse sse2 avx avx2 fma")  # AVX2 only: bf16 is emulated
     assert not cpu_has_fast_bf16("flags : fpu avx512f avx512bw avx512vl")
+
+
+def test_evaluation_on_the_training_file_is_refused():
+    from llmrl.llm.config import GRPOConfig
+    with pytest.raises(ValueError, match="would read the training file data.jsonl.*--eval_dataset"):
+        GRPOConfig(dataset="data.jsonl", eval_examples=10)
+    GRPOConfig(dataset="data.jsonl", eval_examples=10, eval_dataset="test.jsonl")  # fine
+    GRPOConfig(dataset="arithmetic", eval_examples=10)  # a directory or bundled name has a test split
