@@ -170,6 +170,19 @@ def cli_main(main: Callable[[], Any]) -> None:
         sys.exit(130)
 
 
+def set_threads(n: int) -> None:
+    """torch's CPU threads: n > 0 sets them; 0 keeps torch's default but warns (once, on stderr) when the machine
+    is busier than it has cores, where threads that wait for a busy core spin and one thread is faster."""
+    if n > 0:
+        torch.set_num_threads(n)
+        return
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if cores > 1 and load >= cores and torch.get_num_threads() > 1:
+        print(f"note: this machine is busy (load {load:.1f} on {cores} cores); --torch_threads 1 can be several "
+              f"times faster here", file=sys.stderr)
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed python, numpy and torch (all devices); optionally ask torch for deterministic kernels."""
     random.seed(seed)

@@ -156,6 +156,8 @@ class GRPOConfig:
                                   default=3)
     save_merged: bool = _h("Also save the model with the LoRA adapter merged into its weights.", default=False)
     use_cpu: bool = _h("Train on the CPU even when a GPU is present.", default=False)
+    torch_threads: int = _h("CPU threads torch may use (0 = its default, one per core). On a machine other jobs "
+                            "share, 1 can be several times faster: idle threads of a busy core spin.", default=0)
     push_to_hub: bool = _h("Upload the final adapter (the merged model with save_merged) and its model card to the "
                            "Hugging Face hub at the end; the token and hub are checked before training.",
                            default=False)
@@ -313,6 +315,7 @@ class GRPOConfig:
         need(not (self.eval_examples and self.eval_dataset is None and single_file),
              f"the held-out evaluation would read the training file {self.dataset} (a file holds one split, so "
              f"eval_split cannot pick another): pass --eval_dataset")
+        need(self.torch_threads >= 0, f"torch_threads must be >= 0, got {self.torch_threads}")
         need(self.save_total_limit >= 1, f"save_total_limit must be >= 1, got {self.save_total_limit}")
         need(self.max_nonfinite_steps >= 1, f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
         # accelerate drops a tracker whose package is missing without a word

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..utils import atomic_write_text, parse_config, seed_everything
+from ..utils import atomic_write_text, parse_config, seed_everything, set_threads
 from .config import GRPOConfig, _h
 from .data import load_prompt_dataset, make_prompt, row_prompt
 from .evaluation import eos_token_ids
@@ -56,6 +56,8 @@ class PreferenceDataConfig:
     batch_size: int = _h("Questions per sampling batch.", default=8)
     out: str = _h("Output directory for train.jsonl and test.jsonl.", default="runs/arithmetic_preferences")
     seed: int = _h("Seed for the question order, sampling and pairing.", default=0)
+    torch_threads: int = _h("CPU threads torch may use (0 = its default, one per core; 1 on a shared machine).",
+                            default=0)
 
     def __post_init__(self):
         for name in ("num_generations", "pairs_per_prompt", "batch_size", "max_new_tokens"):
@@ -123,6 +125,7 @@ def generate_preference_pairs(model, tokenizer, rows: list[dict], reward_funcs, 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(PreferenceDataConfig, argv)
+    set_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
     model, tok = load_policy(cfg.model, lora=None, dtype=resolve_dtype(cfg.dtype))
     os.makedirs(cfg.out, exist_ok=True)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .. import objectives as O
-from ..utils import RunLogger, atomic_write_text, config_dict, seed_everything, truncate_jsonl
+from ..utils import RunLogger, atomic_write_text, config_dict, seed_everything, set_threads, truncate_jsonl
 from . import checkpoint as ckpt
 from .config import _h
 from .data import PromptSampler, check_columns, load_prompt_dataset
@@ -82,6 +82,8 @@ class RewardConfig:
     overwrite_output_dir: bool = _h("Start afresh in an output_dir that holds an earlier run (its logs and "
                                     "checkpoints are deleted); without it such a start is an error.", default=False)
     use_cpu: bool = _h("Train on the CPU even when a GPU is present.", default=False)
+    torch_threads: int = _h("CPU threads torch may use (0 = its default, one per core; 1 on a shared machine).",
+                            default=0)
 
     def __post_init__(self):
         def need(ok: bool, msg: str):
@@ -142,6 +144,7 @@ class RewardTrainer:
             ckpt.check_fresh_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
             if acc.is_main_process:
                 ckpt.prepare_fresh_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
+        set_threads(cfg.torch_threads)
         seed_everything(cfg.seed)
         self.dtype = resolve_dtype(cfg.dtype)
         # --- model: LoRA (the head trains fully) or full fine-tuning (fp32 master weights, bf16 autocast); a model

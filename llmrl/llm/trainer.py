@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import objectives
-from ..utils import RunLogger, SetupError, seed_everything, truncate_jsonl
+from ..utils import RunLogger, SetupError, seed_everything, set_threads, truncate_jsonl
 from . import checkpoint as ckpt
 from . import hub, tracking
 from .config import REWARD_MODEL, GRPOConfig
@@ -145,6 +145,7 @@ class GRPOTrainer:
         no_gpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
         self.acc = accelerator or Accelerator(cpu=cfg.use_cpu or no_gpu, log_with=report_to or None,
                                               project_dir=cfg.output_dir)
+        set_threads(cfg.torch_threads)
         seed_everything(cfg.seed)
         self.dtype = resolve_dtype(cfg.dtype)
         # --- model: LoRA (new, or a trained adapter to continue) or full fine-tuning ---

@@ -19,9 +19,11 @@ REWARD_FUNCTIONS["length"] = length_reward
 REWARD_FUNCTIONS["length01"] = lambda prompts, completions, **kw: [float(len(c) % 2 == 0) for c in completions]
 
 if __name__ == "__main__":
+    from llmrl.utils import cli_main
     from recipes.grpo_gsm8k import main
     model_dir, data = sys.argv[1], sys.argv[2]
     eval_data = ["--eval_dataset", data] if data.endswith(".jsonl") else []  # a file has no test split
-    main(["--model", model_dir, "--dataset", data, *eval_data, "--reward_funcs", "length", "--dtype", "float32",
-          "--per_device_batch_size", "8", "--num_generations", "4", "--max_new_tokens", "8",
-          "--learning_rate", "1e-2", "--report_to", "none", "--system_prompt", "", *sys.argv[3:]])
+    cli_main(lambda: main(["--model", model_dir, "--dataset", data, *eval_data, "--reward_funcs", "length",
+                           "--dtype", "float32", "--per_device_batch_size", "8", "--num_generations", "4",
+                           "--max_new_tokens", "8", "--learning_rate", "1e-2", "--report_to", "none",
+                           "--system_prompt", "", *sys.argv[3:]]))

@@ -96,3 +96,43 @@ def test_resume_errors(tmp_path):
         ckpt.find_checkpoint(str(tmp_path), "latest")
     with pytest.raises(FileNotFoundError, match="not a checkpoint directory"):
         ckpt.find_checkpoint(str(tmp_path), str(tmp_path))
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
+    """Issue 19.7: with --save_steps 50, a Ctrl-C at step 2 used to lose everything."""
+    model_dir = save_tiny(tmp_path / "model")
+    data = str(tmp_path / "data.jsonl")
+    tiny_dataset(24).to_json(data)
+    out = str(tmp_path / "run")
+    cmd = [sys.executable, os.path.join(ROOT, "tests", "llm", "run_tiny.py"), model_dir, data, "--output_dir", out,
+           "--max_steps", "200", "--save_steps", "50"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    metrics = os.path.join(out, "metrics.jsonl")
+    while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 130, stderr[-2000:]
+    saved = ckpt.list_checkpoints(out)
+    assert len(saved) == 1 and "--resume latest" in stdout + stderr
+    step = int(saved[0].rsplit("-", 1)[1])
+    assert 1 <= step < 200 and "Traceback" not in stderr
+    res = _run(model_dir, data, out, "--resume", "latest", "--max_steps", str(step + 1))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert os.path.isdir(os.path.join(out, f"checkpoint-{step + 1}"))
+
+
+def test_a_run_that_failed_before_its_first_step_does_not_block_the_retry(tmp_path):
+    """Issue 19.7: the files a failed start left (config.json, tb/) made the corrected retry refuse."""
+    def broken(prompts, completions, **kw):
+        raise RuntimeError("bug in my reward")
+    tr = tiny_trainer(tmp_path, reward_funcs=[broken], overwrite_output_dir=False)
+    with pytest.raises(Exception, match="bug in my reward"):
+        tr.train()
+    assert os.path.exists(tmp_path / "config.json")
+    tiny_trainer(tmp_path, overwrite_output_dir=False, max_steps=1).train()  # the retry runs
+    assert len(_metrics(str(tmp_path))) == 1
+    with pytest.raises(FileExistsError, match="already holds a run"):  # now it holds one
+        tiny_trainer(tmp_path, overwrite_output_dir=False, max_steps=1)
