@@ -94,8 +94,9 @@ def check(acc, cfg) -> None:
                          f"{cpu_note}: it runs FSDP on GPUs only; without a GPU use DDP (torchrun --nproc_per_node "
                          f"N) or DeepSpeed (configs/accelerate/ds_zero3.yaml)")
     if asked == "deepspeed" and acc.distributed_type != DistributedType.DEEPSPEED:
-        raise ValueError(f"the accelerate config asks for DeepSpeed but accelerate set up {setup}{cpu_note}; drop "
-                         f"use_cpu (DeepSpeed runs on CPU by itself when there is no GPU)")
+        raise ValueError(f"the accelerate config asks for DeepSpeed but accelerate set up {setup}{cpu_note}: it "
+                         f"drops DeepSpeed when told to use the CPU (use_cpu, Accelerator(cpu=True)); without a GPU "
+                         f"DeepSpeed runs on the CPU by itself")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and acc.num_processes == 1:
         raise ValueError(f"{world} processes were launched (WORLD_SIZE) but accelerate set up {setup} with one "

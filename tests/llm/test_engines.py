@@ -46,17 +46,18 @@ def _load(out, scenario, engine, world):
 def baseline(tmp_path_factory):
     """One process on the whole fixed batch (optimize); two DDP processes end to end (train)."""
     out = tmp_path_factory.mktemp("baseline")
-    _torchrun(1, "plain", out, "optimize")
+    _torchrun(1, "plain", out, "optimize", "optimize_full")
     _torchrun(2, "plain", out, "train")
-    return {"optimize": _load(out, "optimize", "plain", 1), "train": _load(out, "train", "plain", 2)}
+    return {"optimize": _load(out, "optimize", "plain", 1), "optimize_full": _load(out, "optimize_full", "plain", 1),
+            "train": _load(out, "train", "plain", 2)}
 
 
-def _assert_update_equals_one_process(got, one):
+def _assert_update_equals_one_process(got, one, reference="adapter copy"):
     assert got["sharded"], "the weights were not sharded: the engine was not in effect"
-    assert got["adapter_copy"]  # the reference is the trained adapter's copy, run through the prepared module
+    assert got["reference"] == one["reference"] == reference  # (the adapter copy runs through the prepared module)
     assert got["adam_steps"] == one["adam_steps"] == 2  # num_iterations=2: one step per pass, 2 micro-batches each
     torch.testing.assert_close(got["ref_logp"], one["ref_logp"], atol=1e-6, rtol=1e-5)
-    assert got["weights"].keys() == one["weights"].keys() and any("lora_A" in k for k in one["weights"])
+    assert got["weights"].keys() == one["weights"].keys() and len(one["weights"]) > 10
     for k in one["weights"]:
         torch.testing.assert_close(got["weights"][k], one["weights"][k], atol=1e-6, rtol=1e-5, msg=k)
 
@@ -65,8 +66,10 @@ def _assert_trains_like_ddp(got, ddp):
     assert got["adam_steps"] == 3  # 3 training steps of 2 micro-batches each
     assert got["losses"] == pytest.approx(ddp["losses"], rel=1e-4, abs=1e-6)
     assert got["kl"] == pytest.approx(ddp["kl"], rel=1e-4, abs=1e-7)
+    assert got["lr"] == ddp["lr"] == pytest.approx([1e-2 * (3 - k) / 3 for k in (1, 2, 3)])  # linear, per step
     assert got["greedy"] == ddp["greedy"]  # evaluation decodes from the gathered weights
     assert "engine_state" in got["files"]  # sharded model + optimizer through accelerate's save_state
+    assert got["merged_diff"] < 1e-6  # final-merged = the saved adapter merged into the base by peft
     for k in got["weights"]:  # resume == uninterrupted, bit for bit
         assert torch.equal(got["resumed"][k], got["weights"][k]), k
         assert torch.equal(got["reloaded"][k], got["weights"][k]), k  # final/ reloads with from_pretrained
@@ -74,10 +77,12 @@ def _assert_trains_like_ddp(got, ddp):
 
 
 def test_fsdp2_two_processes_equal_one(tmp_path, baseline):
-    _torchrun(2, "fsdp2", tmp_path, "optimize", "train")
+    _torchrun(2, "fsdp2", tmp_path, "optimize", "optimize_full", "train")
     got = _load(tmp_path, "optimize", "fsdp2", 2)
     assert got["engine"] == "fsdp2"
     _assert_update_equals_one_process(got, baseline["optimize"])
+    _assert_update_equals_one_process(_load(tmp_path, "optimize_full", "fsdp2", 2), baseline["optimize_full"],
+                                      "model copy")
     train = _load(tmp_path, "train", "fsdp2", 2)
     assert train["engine"] == "fsdp2"
     _assert_trains_like_ddp(train, baseline["train"])
@@ -96,12 +101,13 @@ def test_deepspeed_two_processes_equal_one(tmp_path, baseline, stage):
     port = str(28000 + (os.getpid() + stage) % 900)
     _run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
           os.path.join(ROOT, "configs", "accelerate", f"ds_zero{stage}.yaml"), "--main_process_port", port, CHECK,
-          "deepspeed", str(tmp_path), "optimize", "train"])
-    got = _load(tmp_path, "optimize", "deepspeed", 2)
+          "deepspeed", str(tmp_path), "optimize", "optimize_full", "train"])
+    got, full = _load(tmp_path, "optimize", "deepspeed", 2), _load(tmp_path, "optimize_full", "deepspeed", 2)
     assert got["engine"] == f"deepspeed-zero{stage}"
     if stage == 2:  # weights stay whole under ZeRO-2
-        got["sharded"] = True
+        got["sharded"] = full["sharded"] = True
     _assert_update_equals_one_process(got, baseline["optimize"])
+    _assert_update_equals_one_process(full, baseline["optimize_full"], "model copy")
     _assert_trains_like_ddp(_load(tmp_path, "train", "deepspeed", 2), baseline["train"])
 
 
