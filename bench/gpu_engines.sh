@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Scale-out engines on a GPU machine (issue 15): bench/gpu_engines.py under each configs/accelerate/*.yaml, one GPU
-# and all GPUs where there are several; a few minutes in all. It prints per run the optimizer steps, the losses and
-# the checks (update vs one process, losses vs DDP, resume, reload) and exits 1 when one fails.
+# and all GPUs where there are several. It prints per run the optimizer steps, the losses and the checks (update vs
+# one process, losses vs DDP, resume, reload) and exits 1 when one fails. 8 launches on one GPU (4 engines x 2
+# models), each mostly process start-up: expect 4-8 minutes; under a 10-minute limit per command, run
+# `--models tiny` and `--models smollm2` as two commands.
 #
 # The GPU image has torch, transformers, accelerate, peft and tokenizers, but neither datasets nor deepspeed, and
 # no network. On a machine with PyPI, in the repository root, first:

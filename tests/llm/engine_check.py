@@ -133,7 +133,8 @@ def optimize(out, label, world, rank, lora=True):
     steps_before = ADAM_STEPS[0]
     stats = tr.optimize(batch)
     return {"weights": trained_weights(tr), "adam_steps": ADAM_STEPS[0] - steps_before,
-            "ref_logp": tr.acc.gather(batch.ref_logp.contiguous()).cpu(), "loss": stats["loss"], "grad_norm": stats["grad_norm"],
+            "ref_logp": tr.acc.gather(batch.ref_logp.contiguous()).cpu(), "loss": stats["loss"],
+            "grad_norm": stats["grad_norm"],
             "reference": "adapter copy" if tr.reference.adapter_copy else "model copy" if tr.reference.copy else
             "adapter disabled", "engine": engines.name(tr.acc),
             "sharded": any(type(p).__name__ == "DTensor" or hasattr(p, "ds_id") for p in tr.model.parameters())}
