@@ -251,9 +251,9 @@ class GRPOConfig:
         need(self.lora_r is None or self.lora_r >= 0, f"lora_r must be >= 0, got {self.lora_r}")
         need(not (self.adapter and self.lora_r == 0), "adapter and lora_r=0 (full fine-tuning) exclude each other")
         need(self.dtype in ("auto", "float32", "bfloat16"), f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
-        need(self.sampler in ("auto", "hf"), f"sampler must be auto or hf, got {self.sampler!r}")
         need(isinstance(self.gradient_checkpointing, bool),
              f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
+        need(self.sampler in ("auto", "hf"), f"sampler must be auto or hf, got {self.sampler!r}")
         if self.reward_funcs is not None:  # names resolve (and weights count) here; functions at the trainer
             try:
                 resolve_reward_functions(names=self.reward_funcs, weights=self.reward_weights)

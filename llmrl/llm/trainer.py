@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from .. import objectives
 from ..utils import RunLogger, seed_everything, truncate_jsonl
 from . import checkpoint as ckpt
-from . import engines, hub, tracking
+from . import engines
+from . import hub, tracking
 from .config import GRPOConfig
 from .data import PromptSampler, check_prompt_dataset, load_prompt_dataset, make_prompt, row_prompt
 from .evaluation import eos_token_ids, evaluate_policy, load_eval_dataset
