@@ -5,7 +5,8 @@ DeepSpeed config (e.g. without a GPU), so what was asked for is read from the la
 with what accelerate set up.
 
 What each engine changes in the trainer, and nothing else:
-- `accelerator`: build and check the Accelerator (DeepSpeed also runs on CPU, over gloo; FSDP needs GPUs);
+- `accelerator`: build and check the Accelerator (DeepSpeed also runs on CPU, over gloo; FSDP needs GPUs); models
+  loaded before `prepare` are whole, under ZeRO-3 too (the trainer checks them and builds the reference first);
 - `prepare`: the values the trainer owns in the engine's config (DeepSpeed's micro-batch size, accumulation steps
   and clipping; FSDP2's wrapped layer class), then accelerate's `prepare`;
 - `full_parameters`: the samplers read weights directly, so under FSDP2 / ZeRO-3 every process gathers the whole
@@ -65,6 +66,7 @@ def accelerator(cfg, given=None, **kwargs):
     """The Accelerator for this run (`given`, or one built from the launch environment with `kwargs`), refused in
     one line when it is not what the launch asked for or when the trainer cannot run that engine's settings."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedType
 
     no_gpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
     if given is not None:
@@ -79,6 +81,12 @@ def accelerator(cfg, given=None, **kwargs):
         # Without a GPU, accelerate only runs several processes (torchrun, DDP over gloo) when told to use the CPU.
         acc = Accelerator(cpu=cfg.use_cpu or no_gpu, **kwargs)
     check(acc, cfg)
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        # Under ZeRO-3 accelerate has transformers partition every model it loads (zero.Init); until `prepare` shards
+        # the policy, models load whole (the policy, a reward model, the reference), as llmrl's checks need them
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
     return acc
 
 
@@ -182,6 +190,7 @@ def prepare(acc, module, optimizer, cfg):
     if launch_config is not None:
         ds.clear()
         ds.update(launch_config)
+        acc.state.deepspeed_plugin.set_deepspeed_weakref()  # what `accelerator` unset, as accelerate had it
     if name(acc) == "deepspeed-zero3":
         # ZeRO-3 gathers a weight for its module's forward only; the log-probs apply the output layer's weight
         # outside it (chunk by chunk), so it is declared used by the whole log-prob forward
@@ -196,8 +205,8 @@ def prepare(acc, module, optimizer, cfg):
 
 @contextlib.contextmanager
 def whole_model_loading(acc):
-    """Models loaded in this block are whole on every process, also under ZeRO-3, where accelerate has transformers
-    partition every model it loads (zero.Init): the checks and the reference built before sharding read weights."""
+    """Models loaded in this block are whole, also under ZeRO-3 after `prepare` (accelerate has transformers
+    partition every model it loads): for a plain copy to save, or one process's check."""
     from accelerate.utils import DistributedType
 
     if acc.distributed_type != DistributedType.DEEPSPEED:

@@ -153,8 +153,7 @@ class GRPOTrainer:
         self.dtype = resolve_dtype(cfg.dtype)
         # --- model: LoRA (new, or a trained adapter to continue) or full fine-tuning ---
         if model is None:
-            with engines.whole_model_loading(self.acc):  # sharded by prepare below, not while loading
-                model, tokenizer = self._load_model(peft_config)
+            model, tokenizer = self._load_model(peft_config)
         elif peft_config is not None:
             model = add_lora(model, peft_config)
         if tokenizer is None:
