@@ -76,11 +76,11 @@ def reloaded(acc, path: str) -> tuple[dict, float]:
     from transformers import AutoModelForCausalLM
 
     from llmrl.llm.engines import whole_model_loading
-    from llmrl.llm.model import load_policy
+    from llmrl.llm.model import load_policy, resolve_dtype
     from tests.llm.tiny import tiny_model
 
     with whole_model_loading(acc):  # one process loads it: not partitioned over all of them (ZeRO-3)
-        base = tiny_model(0)[0] if MODEL is None else load_policy(MODEL, None, DTYPE)[0]
+        base = tiny_model(0)[0] if MODEL is None else load_policy(MODEL, None, resolve_dtype(DTYPE))[0]
         model = PeftModel.from_pretrained(base, path)
         adapter = {n: p.detach().clone() for n, p in model.named_parameters() if ".default." in n}
         merged = AutoModelForCausalLM.from_pretrained(path + "-merged").state_dict()
