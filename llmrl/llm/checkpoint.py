@@ -1,6 +1,9 @@
 """Checkpoints that survive SIGKILL: everything needed to continue a run bit-for-bit (adapter or model weights,
 optimizer, scheduler, KL controller, every RNG, data position, step), written to a temporary directory and
-renamed into place, so a checkpoint directory either exists whole or not at all. The last K are kept."""
+renamed into place, so a checkpoint directory either exists whole or not at all. The last K are kept.
+
+Under an engine that partitions model or optimizer state (FSDP2, DeepSpeed) every process writes its part of the
+model and optimizer through accelerate's save_state (in ENGINE_STATE); the rest is the same for every engine."""
 from __future__ import annotations
 
 import json
@@ -11,6 +14,7 @@ import shutil
 import torch
 
 from ..utils import atomic_write_text, config_dict, rng_state, set_rng_state
+from . import engines
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -36,6 +40,7 @@ def find_checkpoint(output_dir: str, resume: str) -> str:
 
 
 BEST_FILE = "best_checkpoint.json"
+ENGINE_STATE = "engine_state"  # accelerate's save_state: sharded model + optimizer (FSDP2, DeepSpeed)
 RUN_FILES = ("metrics.jsonl", "completions.jsonl", "config.json", "tb", BEST_FILE)
 # Settings that define a run (the model and its adapter's shape, the data order, the groups): a resumed run must
 # keep them. Every other setting may change on resume; the new value is applied and recorded in config.json.
@@ -136,18 +141,22 @@ def save_checkpoint(trainer) -> str | None:
     acc.wait_for_everyone()
     torch.save({"rng": rng_state(), "sampler_generator": trainer.gen.get_state()},
                os.path.join(tmp, f"rng_{acc.process_index}.pt"))
+    sharded = engines.owns_state(acc)
+    if sharded:  # the model (the reference adapter too) and the optimizer, each process its part
+        acc.save_state(os.path.join(tmp, ENGINE_STATE))
+    full = engines.full_state_dict(acc, trainer.policy)
     if acc.is_main_process:
         from .trainer import save_policy
 
         model = trainer.model
-        save_policy(model, os.path.join(tmp, "adapter" if trainer.is_peft else "model"))  # loadable with peft / HF
-        reference = trainer.reference.state_dict() if trainer.reference is not None else {}
-        torch.save({"trainable": _trainable_state(model), "reference": reference, "optimizer": trainer.opt.state_dict(),
-                    "scheduler": trainer.sched.state_dict(), "kl_controller": trainer.kl_ctl.state_dict(),
-                    "data": trainer.sampler.state_dict(), "step": step,
-                    "nonfinite_in_a_row": trainer.nonfinite_in_a_row, "num_processes": acc.num_processes,
-                    "best": trainer.best},
-                   os.path.join(tmp, "trainer_state.pt"))
+        save_policy(model, os.path.join(tmp, "adapter" if trainer.is_peft else "model"), full)  # peft / HF format
+        state = {"scheduler": trainer.sched.state_dict(), "kl_controller": trainer.kl_ctl.state_dict(),
+                 "data": trainer.sampler.state_dict(), "step": step, "nonfinite_in_a_row": trainer.nonfinite_in_a_row,
+                 "num_processes": acc.num_processes, "engine": engines.name(acc), "best": trainer.best}
+        if not sharded:
+            state.update(trainable=_trainable_state(model), optimizer=trainer.opt.state_dict(),
+                         reference=trainer.reference.state_dict() if trainer.reference is not None else {})
+        torch.save(state, os.path.join(tmp, "trainer_state.pt"))
         atomic_write_text(os.path.join(tmp, "config.json"), json.dumps(config_dict(cfg), indent=2))
     acc.wait_for_everyone()
     if acc.is_main_process:
@@ -181,17 +190,14 @@ def load_checkpoint(trainer, path: str) -> None:
     if state["num_processes"] != acc.num_processes:
         raise ValueError(f"checkpoint {path} was written by {state['num_processes']} processes, this run has "
                          f"{acc.num_processes}: resume with the same number of processes")
-    params = dict(trainer.model.named_parameters())
-    missing = sorted(set(state["trainable"]) - set(params))
-    if missing:
-        raise ValueError(f"checkpoint {path} has weights this model lacks (e.g. {missing[0]}): "
-                         f"was it written with other LoRA settings?")
-    with torch.no_grad():
-        for k, v in state["trainable"].items():
-            params[k].copy_(v)
-    if trainer.reference is not None:
-        trainer.reference.load_state_dict(state.get("reference", {}))
-    trainer.opt.load_state_dict(state["optimizer"])
+    engine = state.get("engine", "ddp")
+    if engine != engines.name(acc):
+        raise ValueError(f"checkpoint {path} was written under {engine}, this run is {engines.name(acc)}: resume "
+                         f"with the same accelerate config")
+    if engines.owns_state(acc):
+        acc.load_state(os.path.join(path, ENGINE_STATE))
+    else:
+        _load_trainable(trainer, path, state)
     trainer.sched.load_state_dict(state["scheduler"])
     trainer.kl_ctl.load_state_dict(state["kl_controller"])
     trainer.sampler.load_state_dict(state["data"])
@@ -203,3 +209,18 @@ def load_checkpoint(trainer, path: str) -> None:
     rng = torch.load(os.path.join(path, f"rng_{acc.process_index}.pt"), map_location="cpu", weights_only=False)
     set_rng_state(rng["rng"])
     trainer.gen.set_state(rng["sampler_generator"])
+
+
+def _load_trainable(trainer, path: str, state: dict) -> None:
+    """The trainable weights, the reference adapter and the optimizer of a checkpoint in llmrl's own format."""
+    params = dict(trainer.model.named_parameters())
+    missing = sorted(set(state["trainable"]) - set(params))
+    if missing:
+        raise ValueError(f"checkpoint {path} has weights this model lacks (e.g. {missing[0]}): "
+                         f"was it written with other LoRA settings?")
+    with torch.no_grad():
+        for k, v in state["trainable"].items():
+            params[k].copy_(v)
+    if trainer.reference is not None:
+        trainer.reference.load_state_dict(state.get("reference", {}))
+    trainer.opt.load_state_dict(state["optimizer"])

@@ -192,6 +192,13 @@ class GRPOConfig:
     shared_prefix: bool = _h("Compute each prompt once per group in the log-prob forward (exact).", default=True, help_off="Run each prompt + completion as its own sequence in the log-prob forward (the naive path: same values, more compute).")
     sampler: str = _h("Decoding engine: 'auto' (fast Llama-family decoder when supported) | 'hf'.", default="auto")
     logprob_chunk: int = _h("Positions per chunk of the LM-head log-softmax.", default=256)
+    # --- scale-out ---
+    gradient_checkpointing: bool = _h("Recompute each decoder layer's activations in the backward pass instead of "
+                                      "keeping them (less memory, one more forward of compute); the gradient pass "
+                                      "then runs each prompt + completion whole (checkpointing drops the shared "
+                                      "prefix's KV cache), no-grad passes keep the shared prefix. Engines (DDP, "
+                                      "FSDP2, DeepSpeed) come from the accelerate config: configs/accelerate/.",
+                                      default=False)
     # --- TRL's names (TRL GRPOConfig users' habits): each sets the llmrl setting named in its help ---
     per_device_train_batch_size: int | None = _h("TRL: completions per forward/backward; sets micro_batch_size, "
                                                  "and per_device_batch_size = it x gradient_accumulation_steps.",
@@ -274,6 +281,8 @@ class GRPOConfig:
         need(self.lora_r is None or self.lora_r >= 0, f"lora_r must be >= 0, got {self.lora_r}")
         need(not (self.adapter and self.lora_r == 0), "adapter and lora_r=0 (full fine-tuning) exclude each other")
         need(self.dtype in ("auto", "float32", "bfloat16"), f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        need(isinstance(self.gradient_checkpointing, bool),
+             f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
         need(self.sampler in ("auto", "hf"), f"sampler must be auto or hf, got {self.sampler!r}")
         if self.reward_model is not None and self.reward_funcs is None:
             self.reward_funcs = [REWARD_MODEL]

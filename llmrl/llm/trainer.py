@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from .. import objectives
 from ..utils import RunLogger, SetupError, seed_everything, set_threads, truncate_jsonl
 from . import checkpoint as ckpt
+from . import engines
 from . import hub, tracking
 from .config import REWARD_MODEL, GRPOConfig
 from .data import PromptSampler, check_prompt_dataset, load_prompt_dataset, make_prompt, row_prompt
@@ -94,14 +95,21 @@ class LogprobModel(nn.Module):
     """The policy as a module whose forward returns per-token log-probs of completions, so that DDP (which
     synchronizes gradients through its wrapped module's forward) sees the whole computation."""
 
-    def __init__(self, model, temperature: float, chunk: int, shared_prefix: bool):
+    def __init__(self, model, temperature: float, chunk: int, shared_prefix: bool, checkpointed: bool = False):
         super().__init__()
         self.model, self.temperature, self.chunk = model, temperature, chunk
         self.fn = completion_logprobs if shared_prefix else completion_logprobs_naive
+        self.checkpointed = checkpointed
 
     def forward(self, prompt_ids, prompt_mask, completion_ids, completion_mask, group_index):
-        return self.fn(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask, group_index,
-                       self.temperature, self.chunk)
+        fn = self.fn
+        if self.checkpointed and torch.is_grad_enabled():
+            # Activation checkpointing drops (transformers) or replays into (torch's wrapper) the KV cache that the
+            # shared prefix needs: gradient passes run every prompt + completion whole (no-grad passes recompute
+            # nothing and keep the shared prefix)
+            fn = completion_logprobs_naive
+        return fn(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask, group_index,
+                  self.temperature, self.chunk)
 
 
 def out_of_memory_hint(err: BaseException, phase: str) -> SetupError | None:
@@ -128,7 +136,6 @@ class GRPOTrainer:
     def __init__(self, config: GRPOConfig | None = None, model=None, tokenizer=None, reward_funcs=None,
                  train_dataset=None, eval_dataset=None, accelerator=None, *, args: GRPOConfig | None = None,
                  processing_class=None, peft_config=None):
-        from accelerate import Accelerator
         from transformers import get_scheduler
 
         # TRL's keywords work too: args (the config), processing_class (the tokenizer), model as a hub id or
@@ -140,11 +147,8 @@ class GRPOTrainer:
         if not cfg.resume:
             ckpt.check_fresh_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
         report_to = [t for t in cfg.report_to if t != "none"]
-        # Without a GPU, accelerate only runs several processes (torchrun, DDP over gloo on CPU) when told to use
-        # the CPU.
-        no_gpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
-        self.acc = accelerator or Accelerator(cpu=cfg.use_cpu or no_gpu, log_with=report_to or None,
-                                              project_dir=cfg.output_dir)
+        # DDP, FSDP2 or DeepSpeed as the launch asked, or a one-line refusal (llmrl/llm/engines.py)
+        self.acc = engines.accelerator(cfg, accelerator, log_with=report_to or None, project_dir=cfg.output_dir)
         set_threads(cfg.torch_threads)
         seed_everything(cfg.seed)
         self.dtype = resolve_dtype(cfg.dtype)
@@ -175,6 +179,8 @@ class GRPOTrainer:
         # --- optimization ---
         model.to(self.acc.device)
         check_logits_path(model, cfg.sampler, cfg.shared_prefix)
+        if cfg.gradient_checkpointing:
+            engines.enable_gradient_checkpointing(model)
         if self.reference is not None and self.reference.copy is not None:
             self.reference.copy.to(self.acc.device)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -186,8 +192,9 @@ class GRPOTrainer:
                               num_training_steps=cfg.max_steps * cfg.num_iterations)
         # The scheduler is not prepared: accelerate's prepared scheduler steps once per process at every step(),
         # which would run the schedule num_processes times too fast.
-        self.policy, self.opt = self.acc.prepare(
-            LogprobModel(model, cfg.temperature, cfg.logprob_chunk, cfg.shared_prefix), opt)
+        module = LogprobModel(model, cfg.temperature, cfg.logprob_chunk, cfg.shared_prefix,
+                              checkpointed=engines.activation_checkpointing(self.acc, cfg))
+        self.policy, self.opt = engines.prepare(self.acc, module, opt, cfg)
         self.sched = sched
         self.model = model  # the unwrapped policy (sampling, reference, saving)
         self.kl_ctl = {"fixed": lambda: objectives.FixedKLController(cfg.beta),
@@ -263,7 +270,9 @@ class GRPOTrainer:
     def _reference_logprobs(self, batch: RolloutBatch) -> Tensor:
         """log pi_ref of the sampled tokens (llmrl/llm/reference.py says which model pi_ref is)."""
         with self.reference.active() as module:
-            ref = LogprobModel(module, self.cfg.temperature, self.cfg.logprob_chunk, self.cfg.shared_prefix)
+            # the prepared policy (its forward gathers sharded weights) unless pi_ref is a separate frozen copy
+            ref = self.policy if module is self.model else LogprobModel(
+                module, self.cfg.temperature, self.cfg.logprob_chunk, self.cfg.shared_prefix)
             return torch.cat([self._logp_of(ref, batch, sl)[0] for sl in self._micro_batches(len(batch))])
 
     def _global(self, x: Tensor) -> Tensor:
@@ -285,9 +294,10 @@ class GRPOTrainer:
         beta = self.kl_ctl.beta
         beta_reward, beta_loss = (beta, 0.0) if cfg.kl_in == "reward" else (0.0, beta)
         t0 = time.perf_counter()
-        batch = self._generate(rows, beta_loss)
-        if cfg.dynamic_sampling:
-            batch = self._dynamic_sampling(batch, beta_loss)
+        with engines.full_parameters(self.acc, self.policy):  # FSDP2 / ZeRO-3: each process samples from all weights
+            batch = self._generate(rows, beta_loss)
+            if cfg.dynamic_sampling:
+                batch = self._dynamic_sampling(batch, beta_loss)
         if cfg.mask_truncated_completions:  # DAPO: a cut-off completion's tokens do not count in the loss
             batch.loss_mask = batch.completion_mask * ~batch.info["truncated"][:, None]
         t_sampled = time.perf_counter()
@@ -398,8 +408,7 @@ class GRPOTrainer:
         for it in range(cfg.num_iterations):
             loss_sum = 0.0
             for j, sl in enumerate(mbs):
-                sync = acc.no_sync(self.policy) if j < len(mbs) - 1 else contextlib.nullcontext()
-                with sync:
+                with engines.accumulate(acc, self.policy, j, len(mbs)):  # one optimizer step under every engine
                     try:
                         logp, ent = self._logp_of(self.policy, batch, sl)
                     except RuntimeError as e:
@@ -411,7 +420,7 @@ class GRPOTrainer:
                         logp, old[j], ref, batch.advantages[sl], batch.loss_mask[sl], batch.beta_loss,
                         cfg.clip_low, cfg.clip_high, cfg.ratio_level, cfg.kl_estimator, kl_gradient=cfg.kl_gradient,
                         **agg)
-                    acc.backward(loss)
+                    engines.backward(acc, loss)
                 loss_sum += loss.item()
                 if it == 0:
                     if ref is not None and "kl" not in s:  # KL in the reward: its value, for logs and controller
@@ -630,7 +639,7 @@ class GRPOTrainer:
                 self.eval_dataset = load_eval_dataset(cfg, self.tok)
             dataset = self.eval_dataset
         try:
-            with self._autocast():
+            with self._autocast(), engines.full_parameters(self.acc, self.policy):
                 return evaluate_policy(self.model, self.tok, dataset, cfg.eval_examples if n is None else n, cfg,
                                        self.eos_ids, self.acc, reward, desc, leave)
         except RuntimeError as e:
@@ -652,13 +661,15 @@ class GRPOTrainer:
             self.check_push_to_hub()
         merged = merged and self.is_peft
         pushed = out + "-merged" if merged else out
+        state = engines.full_state_dict(acc, self.policy)  # sharded weights: gathered (all processes take part)
         if acc.is_main_process:
-            save_policy(self.model, out)
+            save_policy(self.model, out, state)
             self.tok.save_pretrained(out)
             hub.write_model_card(out, cfg, list(self.reward_funcs), "adapter" if self.is_peft else "model",
                                  location=None if merged else self.hub_repo_id)
             if merged:
-                save_merged(self.model, out + "-merged")
+                plain = self.model if state is None else engines.unsharded_copy(acc, self.model, state)
+                save_merged(plain, out + "-merged")
                 self.tok.save_pretrained(out + "-merged")
                 hub.write_model_card(out + "-merged", cfg, list(self.reward_funcs), "merged", location=self.hub_repo_id)
             if cfg.push_to_hub:
@@ -671,8 +682,9 @@ class GRPOTrainer:
         """Save the policy (adapter in peft format, or the full model) and the tokenizer to `output_dir` (default:
         config.output_dir), as TRL's `trainer.save_model` does."""
         out = output_dir or self.cfg.output_dir
+        state = engines.full_state_dict(self.acc, self.policy)  # sharded weights: gathered (all processes take part)
         if self.acc.is_main_process:
-            save_policy(self.model, out)
+            save_policy(self.model, out, state)
             self.tok.save_pretrained(out)
         self.acc.wait_for_everyone()
         return out
@@ -766,12 +778,13 @@ def _tokenizer_of(model):
     return load_tokenizer(name)
 
 
-def save_policy(model, path: str) -> None:
-    """The trained policy in plain peft / HF format: only the trained adapter (not the frozen reference copy)."""
+def save_policy(model, path: str, state_dict: dict | None = None) -> None:
+    """The trained policy in plain peft / HF format: only the trained adapter (not the frozen reference copy);
+    `state_dict` is the model's full state dict where its own is sharded (engines.full_state_dict)."""
     if hasattr(model, "peft_config"):
-        model.save_pretrained(path, selected_adapters=[model.active_adapter])
+        model.save_pretrained(path, selected_adapters=[model.active_adapter], state_dict=state_dict)
     else:
-        model.save_pretrained(path)
+        model.save_pretrained(path, state_dict=state_dict)
 
 
 def save_merged(model, path: str) -> None:

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
-from accelerate.utils import DistributedType
 from torch import Tensor
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -44,20 +43,12 @@ from .trainer import out_of_memory_hint
 if TYPE_CHECKING:
     from .trainer import GRPOTrainer, RolloutBatch
 
-# Engines that shard parameters across processes: the flat parameter vector, the flat gradient and every F v
-# would be partial on each process.
-SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
-
-
 def trust_region_update(tr: GRPOTrainer, batch: RolloutBatch) -> dict:
     """One TRPO (cfg.optimizer="trpo") or NPG ("npg") update of tr.model's trainable parameters in place on the
     generation batch; returns the trainer's statistics plus trust_region/* (CG iterations and relative residual,
     the step's KL, accepted fraction of the full step, surrogate improvement, rejected)."""
+    # (engines that shard parameters or partition gradients are refused when the trainer is built: engines.check)
     cfg, acc = tr.cfg, tr.acc
-    if acc.distributed_type in SHARDED:
-        raise ValueError(f"optimizer={cfg.optimizer} does not support {acc.distributed_type.value}, which shards the "
-                         f"parameters across processes; run with DDP (accelerate launch --multi_gpu, or torchrun) or "
-                         f"use optimizer=adamw")
     names, params = zip(*[(n, p) for n, p in tr.model.named_parameters() if p.requires_grad])
     agg = tr._loss_normalizers(batch)
     n_tokens = _process_sum(acc, batch.completion_mask.sum().float()).clamp(min=1)  # the KL's token count

@@ -208,12 +208,13 @@ def test_kl_to_the_reference_in_the_reward_is_reported_for_the_controller(tmp_pa
     assert stats["kl"] == pytest.approx(((logp - r.ref_logp) * m).sum().item() / m.sum().item(), rel=1e-5)
 
 
-def test_sharding_engines_are_refused(tmp_path, monkeypatch):
-    from accelerate.utils import DistributedType
+@pytest.mark.parametrize("engine", ["fsdp2", "deepspeed-zero2", "deepspeed-zero3"])
+def test_sharding_engines_are_refused_when_the_trainer_is_built(tmp_path, monkeypatch, engine):
+    from llmrl.llm import engines
     tr = trpo_trainer(tmp_path)
-    monkeypatch.setattr(type(tr.acc), "distributed_type", property(lambda self: DistributedType.FSDP))
-    with pytest.raises(ValueError, match="optimizer=trpo does not support FSDP"):
-        tr.optimize(fixed_batch(tr))
+    monkeypatch.setattr(engines, "name", lambda acc: engine)
+    with pytest.raises(ValueError, match=f"optimizer=trpo needs whole parameters.*but {engine} partitions them"):
+        engines.check(tr.acc, tr.cfg)
 
 
 @pytest.mark.parametrize("kw, words", [
