@@ -16,7 +16,7 @@ from llmrl.llm.critic import Critic, completion_values
 from llmrl.llm.logprobs import completion_logprobs_naive
 from llmrl.llm.reward_model import score_parts
 from tests.llm.test_reward_model import own_score
-from tests.llm.tiny import tiny_dataset, tiny_model, tiny_reward_model, tiny_trainer
+from tests.llm.tiny import dies_after, tiny_dataset, tiny_model, tiny_reward_model, tiny_trainer
 from tests.objectives.test_token_advantages import _gae_by_hand, _whiten_by_hand
 
 TIMING = {"time", "tokens_per_s", "step_time", "gen_time", "sample_time", "optimize_time"}
@@ -234,15 +234,7 @@ def test_resume_with_a_critic_equals_an_uninterrupted_run(tmp_path):
     a = trainer(tmp_path / "a")
     a.train()
     b = trainer(tmp_path / "b")
-    real_step, calls = b.step, {"n": 0}
-
-    def dies_after_step_3():
-        calls["n"] += 1
-        out = real_step()
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("killed")
-        return out
-    b.step = dies_after_step_3
+    dies_after(b, 3)
     with pytest.raises(KeyboardInterrupt):
         b.train()
     b = trainer(tmp_path / "b", resume="latest", overwrite_output_dir=False)
