@@ -15,7 +15,7 @@ model from it, and trains the policy on that learned reward, measured throughout
                     at weight 0: rewards/gsm8k)
   4. plot:          the curves of every run in one PNG, and OUT/result.json with every number   -> OUT/rlhf_pipeline.png
 
-    python recipes/rlhf_pipeline.py --out runs/rlhf                                  # everything (hours on a CPU)
+    python recipes/rlhf_pipeline.py --out runs/rlhf --png docs/img/rlhf_pipeline.png  # everything (hours on a CPU)
     python recipes/rlhf_pipeline.py --out runs/rlhf --pref_prompts 4 --pref_test_prompts 4 --rm_max_steps 2 \\
         --rl_steps 2 --eval_examples 4 --eval_steps 1                                # every stage, smallest budgets
     python recipes/rlhf_pipeline.py --out runs/rlhf --stages rl plot --runs ppo      # one run again, then the plot
@@ -61,9 +61,11 @@ class PipelineConfig:
     eval_reward: str = _h("Rule reward whose mean over greedy completions is the held-out accuracy (0/1).",
                           default="gsm8k")
     # --- 1. preference data ---
-    pref_prompts: int = _h("Training questions sampled for preference pairs.", default=64)
+    pref_prompts: int = _h("Training questions sampled for preference pairs (the bundled model writes an accepted "
+                           "answer to a few percent of them at T=0.7: many questions make a few hundred pairs).",
+                           default=256)
     pref_test_prompts: int = _h("Held-out questions (test split) for the reward model's pairwise accuracy (0 = "
-                                "none, no accuracy).", default=32)
+                                "none, no accuracy).", default=64)
     pref_generations: int = _h("Completions sampled per question for pairing.", default=8)
     # --- 2. reward model ---
     rm_epochs: float = _h("Passes over the training pairs (when rm_max_steps is -1).", default=2.0)
