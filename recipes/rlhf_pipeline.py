@@ -57,7 +57,8 @@ class PipelineConfig:
     seed: int = _h("Seed of every stage.", default=0)
     max_new_tokens: int = _h("Longest completion, in every stage.", default=96)
     rule_reward_funcs: list[str] = _h("The rule checker: labels the preference pairs (accepted = every function "
-                                      "gives 1) and is grpo_rule's reward.", default_factory=lambda: ["gsm8k", "format"])
+                                      "gives 1) and is grpo_rule's reward.",
+                                      default_factory=lambda: ["gsm8k", "format"])
     eval_reward: str = _h("Rule reward whose mean over greedy completions is the held-out accuracy (0/1).",
                           default="gsm8k")
     # --- 1. preference data ---
@@ -152,7 +153,8 @@ def rl_arguments(cfg: PipelineConfig, name: str, evaluate_before: bool) -> list[
     advantage estimator."""
     flags = ["--model", cfg.model, "--dataset", cfg.dataset, "--output_dir", _path(cfg, "rl", name),
              "--overwrite_output_dir", "--report_to", "none", "--dtype", cfg.dtype, "--seed", str(cfg.seed),
-             "--max_steps", str(cfg.rl_steps), "--per_device_batch_size", str(cfg.prompts_per_step * cfg.num_generations),
+             "--max_steps", str(cfg.rl_steps),
+             "--per_device_batch_size", str(cfg.prompts_per_step * cfg.num_generations),
              "--num_generations", str(cfg.num_generations), "--max_new_tokens", str(cfg.max_new_tokens),
              "--learning_rate", str(cfg.learning_rate), "--lr_scheduler", "constant", "--beta", str(cfg.beta),
              "--advantage", ADVANTAGE[name], "--eval_examples", str(cfg.eval_examples), "--eval_steps",
@@ -257,11 +259,13 @@ def plot(result: dict, path: str, eval_reward: str) -> None:
 
 def table(result: dict) -> str:
     """The result as a markdown table (for docs/BENCHMARKS.md)."""
-    lines = ["| run | advantage | reward | greedy accuracy before | after | median step s |", "|---|---|---|---|---|---|"]
+    lines = ["| run | advantage | reward | greedy accuracy before | after | median step s |",
+             "|---|---|---|---|---|---|"]
+    before = result.get("base_accuracy", float("nan"))
     for name, run in result["runs"].items():
         after = "-" if run["accuracy_after"] is None else f"{run['accuracy_after']:.3f}"
-        lines.append(f"| {name} | {run['advantage']} | {run['reward']} | {result.get('base_accuracy', float('nan')):.3f} "
-                     f"| {after} | {run['median_step_s']:.1f} |")
+        lines.append(f"| {name} | {run['advantage']} | {run['reward']} | {before:.3f} | {after} | "
+                     f"{run['median_step_s']:.1f} |")
     return "\n".join(lines)
 
 

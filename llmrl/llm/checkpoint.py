@@ -1,6 +1,7 @@
 """Checkpoints that survive SIGKILL: everything needed to continue a run bit-for-bit (adapter or model weights,
-optimizer, scheduler, KL controller, the critic (advantage=gae), every RNG, data position, step), written to a temporary directory and
-renamed into place, so a checkpoint directory either exists whole or not at all. The last K are kept."""
+optimizer, scheduler, KL controller, the critic with advantage=gae, every RNG, data position, step), written to a
+temporary directory and renamed into place, so a checkpoint directory either exists whole or not at all. The last K
+are kept."""
 from __future__ import annotations
 
 import json

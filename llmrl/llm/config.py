@@ -73,8 +73,8 @@ class GRPOConfig:
     advantage: str = _h("Per completion: grpo (group-normalized) | dr_grpo (no std) | rloo (leave-one-out) | "
                         "reinforce (batch-mean baseline). Per token (the score at the last token, the KL penalty at "
                         "every token, whitened over the batch): gae (PPO with a critic, see the PPO critic settings) | "
-                        "reinforce_plus_plus (discounted return; Hu 2025) | reinforce_plus_plus_baseline (its group-mean "
-                        "baseline variant).", default="grpo")
+                        "reinforce_plus_plus (discounted return; Hu 2025) | reinforce_plus_plus_baseline (its "
+                        "group-mean baseline variant).", default="grpo")
     scale_rewards: str = _h("For advantage=grpo: divide by the std of the 'group' or the 'batch', or 'none'.",
                             default="group")
     dynamic_sampling: bool = _h("DAPO's dynamic sampling: drop groups whose completions all got the same reward "
@@ -113,9 +113,9 @@ class GRPOConfig:
     micro_batch_size: int = _h("Completions per forward/backward (gradient accumulation is exact; TRL: "
                                "per_device_train_batch_size).", default=16)
     # --- PPO critic (advantage=gae) and the per-token estimators ---
-    critic_model: str | None = _h("advantage=gae: start the critic (value model) from this reward model (a directory or "
-                                  "hub id, e.g. recipes/reward_model.py's final/: its backbone and trained head, as "
-                                  "OpenRLHF does); it must share the policy's tokenizer. Default: a copy of the "
+    critic_model: str | None = _h("advantage=gae: start the critic (value model) from this reward model (a directory "
+                                  "or hub id, e.g. recipes/reward_model.py's final/: its backbone and trained head, "
+                                  "as OpenRLHF does); it must share the policy's tokenizer. Default: a copy of the "
                                   "policy's own model with a new scalar head.", default=None)
     critic_lora_r: int = _h("LoRA rank of the critic's own adapter (alpha = 2 r; its scalar head trains fully); 0 = "
                             "train every critic weight.", default=16)
