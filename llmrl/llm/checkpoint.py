@@ -1,5 +1,5 @@
 """Checkpoints that survive SIGKILL: everything needed to continue a run bit-for-bit (adapter or model weights,
-optimizer, scheduler, KL controller, every RNG, data position, step), written to a temporary directory and
+optimizer, scheduler, KL controller, the critic with a per-token estimator, every RNG, data position, step), written to a temporary directory and
 renamed into place, so a checkpoint directory either exists whole or not at all. The last K are kept.
 
 Under an engine that partitions model or optimizer state (FSDP2, DeepSpeed) every process writes its part of the
@@ -45,7 +45,8 @@ RUN_FILES = ("metrics.jsonl", "completions.jsonl", "config.json", "tb", BEST_FIL
 # Settings that define a run (the model and its adapter's shape, the data order, the groups): a resumed run must
 # keep them. Every other setting may change on resume; the new value is applied and recorded in config.json.
 FIXED_ON_RESUME = ("model", "adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "dataset",
-                   "dataset_config", "dataset_split", "per_device_batch_size", "num_generations", "seed")
+                   "dataset_config", "dataset_split", "per_device_batch_size", "num_generations", "seed",
+                   "critic_model", "critic_lora_r")
 
 
 def holds_a_run(output_dir: str) -> bool:
@@ -108,6 +109,25 @@ def _trainable_state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.named_parameters() if v.requires_grad}
 
 
+def _load_weights(model, state: dict[str, torch.Tensor], path: str, what: str) -> None:
+    params = dict(model.named_parameters())
+    missing = sorted(set(state) - set(params))
+    if missing:
+        raise ValueError(f"checkpoint {path} has {what} weights this run's lacks (e.g. {missing[0]}): "
+                         f"was it written with other LoRA settings?")
+    with torch.no_grad():
+        for k, v in state.items():
+            params[k].copy_(v)
+
+
+def _critic_state(critic) -> dict | None:
+    """The critic's trainable weights (its adapter and head, or all), optimizer and schedule (advantage=gae)."""
+    if critic is None:
+        return None
+    return {"trainable": _trainable_state(critic.model), "optimizer": critic.opt.state_dict(),
+            "scheduler": critic.sched.state_dict()}
+
+
 def update_best(trainer, step: int) -> None:
     """trainer.best <- checkpoint-STEP when its eval metric (cfg.metric_for_best_model, measured at this very
     step) beats the best so far (a tie keeps the earlier checkpoint, as transformers' Trainer does)."""
@@ -152,7 +172,8 @@ def save_checkpoint(trainer) -> str | None:
         save_policy(model, os.path.join(tmp, "adapter" if trainer.is_peft else "model"), full)  # peft / HF format
         state = {"scheduler": trainer.sched.state_dict(), "kl_controller": trainer.kl_ctl.state_dict(),
                  "data": trainer.sampler.state_dict(), "step": step, "nonfinite_in_a_row": trainer.nonfinite_in_a_row,
-                 "num_processes": acc.num_processes, "engine": engines.name(acc), "best": trainer.best}
+                 "num_processes": acc.num_processes, "engine": engines.name(acc), "best": trainer.best,
+                 "critic": _critic_state(trainer.critic)}
         if not sharded:
             state.update(trainable=_trainable_state(model), optimizer=trainer.opt.state_dict(),
                          reference=trainer.reference.state_dict() if trainer.reference is not None else {})
@@ -194,10 +215,22 @@ def load_checkpoint(trainer, path: str) -> None:
     if engine != engines.name(acc):
         raise ValueError(f"checkpoint {path} was written under {engine}, this run is {engines.name(acc)}: resume "
                          f"with the same accelerate config")
+    critic = state.get("critic")
+    if (critic is None) != (trainer.critic is None):
+        raise ValueError(f"checkpoint {path} was written {'with' if critic is not None else 'without'} a critic "
+                         f"(advantage=gae) and this run has {'one' if trainer.critic is not None else 'none'}: resume "
+                         f"with the advantage it was written with")
+    if critic is not None:
+        _load_weights(trainer.critic.model, critic["trainable"], path, "critic")
+        trainer.critic.opt.load_state_dict(critic["optimizer"])
+        trainer.critic.sched.load_state_dict(critic["scheduler"])
     if engines.owns_state(acc):
         acc.load_state(os.path.join(path, ENGINE_STATE))
     else:
-        _load_trainable(trainer, path, state)
+        _load_weights(trainer.model, state["trainable"], path, "policy")
+        if trainer.reference is not None:
+            trainer.reference.load_state_dict(state.get("reference", {}))
+        trainer.opt.load_state_dict(state["optimizer"])
     trainer.sched.load_state_dict(state["scheduler"])
     trainer.kl_ctl.load_state_dict(state["kl_controller"])
     trainer.sampler.load_state_dict(state["data"])
@@ -209,18 +242,3 @@ def load_checkpoint(trainer, path: str) -> None:
     rng = torch.load(os.path.join(path, f"rng_{acc.process_index}.pt"), map_location="cpu", weights_only=False)
     set_rng_state(rng["rng"])
     trainer.gen.set_state(rng["sampler_generator"])
-
-
-def _load_trainable(trainer, path: str, state: dict) -> None:
-    """The trainable weights, the reference adapter and the optimizer of a checkpoint in llmrl's own format."""
-    params = dict(trainer.model.named_parameters())
-    missing = sorted(set(state["trainable"]) - set(params))
-    if missing:
-        raise ValueError(f"checkpoint {path} has weights this model lacks (e.g. {missing[0]}): "
-                         f"was it written with other LoRA settings?")
-    with torch.no_grad():
-        for k, v in state["trainable"].items():
-            params[k].copy_(v)
-    if trainer.reference is not None:
-        trainer.reference.load_state_dict(state.get("reference", {}))
-    trainer.opt.load_state_dict(state["optimizer"])

@@ -7,12 +7,12 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 
-from ..objectives.advantages import SCALES, SEQUENCE_ESTIMATORS
+from ..objectives.advantages import SCALES, SEQUENCE_ESTIMATORS, TOKEN_ESTIMATORS
 from ..objectives.kl import KL_ESTIMATORS, KL_GRADIENTS
 from ..objectives.losses import LOSS_TYPES
 from .rewards import resolve_reward_functions
 
-ADVANTAGES = SEQUENCE_ESTIMATORS
+ADVANTAGES = SEQUENCE_ESTIMATORS + TOKEN_ESTIMATORS
 OPTIMIZERS = ("adamw", "trpo", "npg")
 
 
@@ -72,8 +72,11 @@ class GRPOConfig:
                                   "Alone it is the only reward; list 'reward_model' in reward_funcs to weight it "
                                   "beside rule functions.", default=None)
     reward_model_batch_size: int = _h("Completions per reward-model forward pass.", default=16)
-    advantage: str = _h("grpo (group-normalized) | dr_grpo (no std) | rloo (leave-one-out) | reinforce "
-                        "(batch-mean baseline).", default="grpo")
+    advantage: str = _h("Per completion: grpo (group-normalized) | dr_grpo (no std) | rloo (leave-one-out) | "
+                        "reinforce (batch-mean baseline). Per token (the score at the last token, the KL penalty at "
+                        "every token, whitened over the batch): gae (PPO with a critic, see the PPO critic settings) | "
+                        "reinforce_plus_plus (discounted return; Hu 2025) | reinforce_plus_plus_baseline (its "
+                        "group-mean baseline variant).", default="grpo")
     scale_rewards: str = _h("For advantage=grpo: divide by the std of the 'group' or the 'batch', or 'none'.",
                             default="group")
     dynamic_sampling: bool = _h("DAPO's dynamic sampling: drop groups whose completions all got the same reward "
@@ -101,8 +104,9 @@ class GRPOConfig:
                           "grad KL(pi||pi_ref) whatever the estimator (verl's 'k3+'); 'estimator' differentiates "
                           "the estimator itself as TRL does (k3 then pulls along grad KL(pi_ref||pi); k1 refused).",
                           default="unbiased")
-    kl_in: str = _h("Put the KL penalty in the 'loss' (GRPO) or subtract it from the 'reward' (PPO-RLHF).",
-                    default="loss")
+    kl_in: str | None = _h("Put the KL penalty in the 'loss' (GRPO) or subtract it from the 'reward' (PPO-RLHF; per "
+                           "token with the per-token advantages). Default: 'reward' for gae / reinforce_plus_plus*, "
+                           "which need it there, else 'loss'.", default=None)
     kl_controller: str = _h("fixed | adaptive (x1.5 or /1.5 around kl_target) | proportional (Ziegler et al.).",
                             default="fixed")
     kl_target: float = _h("Target KL per token for the adaptive controllers.", default=0.05)
@@ -110,6 +114,24 @@ class GRPOConfig:
     num_iterations: int = _h("mu: optimization passes over each generation batch.", default=1)
     micro_batch_size: int = _h("Completions per forward/backward (gradient accumulation is exact; TRL: "
                                "per_device_train_batch_size).", default=16)
+    # --- PPO critic (advantage=gae) and the per-token estimators ---
+    critic_model: str | None = _h("advantage=gae: start the critic (value model) from this reward model (a directory "
+                                  "or hub id, e.g. recipes/reward_model.py's final/: its backbone and trained head, "
+                                  "as OpenRLHF does); it must share the policy's tokenizer. Default: a copy of the "
+                                  "policy's own model with a new scalar head.", default=None)
+    critic_lora_r: int = _h("LoRA rank of the critic's own adapter (alpha = 2 r; its scalar head trains fully); 0 = "
+                            "train every critic weight.", default=16)
+    critic_learning_rate: float | None = _h("AdamW learning rate of the critic (its own optimizer, on the "
+                                            "lr_scheduler of the policy); default: learning_rate.", default=None)
+    vf_coef: float = _h("c1: weight of the value loss (seed eq. 26; TRL's name). The critic has its own AdamW, so it "
+                        "scales the critic's gradient before max_grad_norm clipping.", default=0.1)
+    cliprange_value: float = _h("Clip of the value loss around the values at sampling, V_old +- c (PPO2; TRL's name); "
+                                "0 = no clipping.", default=0.2)
+    gamma: float = _h("Discount over the completion's tokens for gae and reinforce_plus_plus* (1 = none, as in TRL "
+                      "and OpenRLHF).", default=1.0)
+    lam: float = _h("GAE lambda (advantage=gae).", default=0.95)
+    entropy_coef: float = _h("c2: entropy bonus, -c2 H(pi(.|s_t)) per completion token in the loss (seed eq. 26), "
+                             "with any advantage (optimizer=adamw).", default=0.0)
     # --- optimization ---
     learning_rate: float = _h("AdamW learning rate (1e-4 suits LoRA; use ~1e-6 for full fine-tuning).",
                               default=1e-4)
@@ -242,7 +264,7 @@ class GRPOConfig:
              f"({self.num_generations}): each process holds whole groups")
         need(self.advantage in ADVANTAGES, f"advantage must be one of {ADVANTAGES}, got {self.advantage!r}")
         need(self.scale_rewards in SCALES, f"scale_rewards must be one of {SCALES}, got {self.scale_rewards!r}")
-        need(self.num_generations >= 2 or (self.advantage == "reinforce"),
+        need(self.num_generations >= 2 or self.advantage in ("reinforce", "gae", "reinforce_plus_plus"),
              f"advantage={self.advantage!r} compares completions of a prompt: num_generations must be >= 2")
         need(self.loss_type in LOSS_TYPES, f"loss_type must be one of {tuple(LOSS_TYPES)}, got {self.loss_type!r}")
         need(self.clip_low >= 0, f"clip_low must be >= 0, got {self.clip_low}")
@@ -250,7 +272,13 @@ class GRPOConfig:
              f"clip_high ({self.clip_high}) must be >= clip_low ({self.clip_low})")
         need(self.ratio_level in ("token", "sequence"), f"ratio_level must be token or sequence, got {self.ratio_level!r}")
         need(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
+        per_token = self.advantage in TOKEN_ESTIMATORS
+        if self.kl_in is None:
+            self.kl_in = "reward" if per_token else "loss"
         need(self.kl_in in ("loss", "reward"), f"kl_in must be loss or reward, got {self.kl_in!r}")
+        need(not per_token or self.kl_in == "reward",
+             f"advantage={self.advantage} puts the KL penalty into the per-token rewards (kl_in=reward, as in "
+             f"InstructGPT and REINFORCE++): kl_in=loss contradicts it; drop kl_in")
         if self.kl_estimator is None:
             self.kl_estimator = "k3" if self.kl_in == "loss" else "k1"
         need(self.kl_estimator in KL_ESTIMATORS,
@@ -293,6 +321,23 @@ class GRPOConfig:
              f"reward_funcs lists {REWARD_MODEL!r} but no --reward_model (a trained reward model's directory) is set")
         need(self.reward_model_batch_size >= 1, f"reward_model_batch_size must be >= 1, got "
                                                 f"{self.reward_model_batch_size}")
+        # --- PPO critic and the per-token estimators ---
+        critic = self.advantage == "gae"
+        need(critic or self.critic_model is None,
+             f"critic_model is set but advantage={self.advantage} trains no critic: use advantage=gae or drop it")
+        need(critic or self.critic_learning_rate is None,
+             f"critic_learning_rate is set but advantage={self.advantage} trains no critic: use advantage=gae or "
+             f"drop it")
+        if critic and self.critic_learning_rate is None:
+            self.critic_learning_rate = self.learning_rate
+        need(self.critic_learning_rate is None or self.critic_learning_rate > 0,
+             f"critic_learning_rate must be > 0, got {self.critic_learning_rate}")
+        need(self.critic_lora_r >= 0, f"critic_lora_r must be >= 0, got {self.critic_lora_r}")
+        need(self.vf_coef > 0, f"vf_coef must be > 0, got {self.vf_coef}")
+        need(self.cliprange_value >= 0, f"cliprange_value must be >= 0 (0 = no clipping), got {self.cliprange_value}")
+        need(0 <= self.gamma <= 1, f"gamma must be in [0, 1], got {self.gamma}")
+        need(0 <= self.lam <= 1, f"lam must be in [0, 1], got {self.lam}")
+        need(self.entropy_coef >= 0, f"entropy_coef must be >= 0, got {self.entropy_coef}")
         need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         need(self.max_kl > 0, f"max_kl must be > 0, got {self.max_kl}")
         need(self.cg_iters >= 1, f"cg_iters must be >= 1, got {self.cg_iters}")
@@ -310,6 +355,8 @@ class GRPOConfig:
             need(self.ratio_level == "token", f"{opt} uses the token-level surrogate: set ratio_level=token")
             need(self.lora_dropout == 0, f"{opt} compares the policy before and after a step, which dropout makes "
                                          f"random: set lora_dropout=0, got {self.lora_dropout}")
+            need(self.entropy_coef == 0, f"{opt} steps on the surrogate alone within the trust region: set "
+                                         f"entropy_coef=0 (the entropy bonus needs optimizer=adamw)")
         if self.reward_funcs is not None:  # names resolve (and weights count) here; functions at the trainer
             rules = [n for n in self.reward_funcs if n != REWARD_MODEL]
             need(self.reward_weights is None or len(self.reward_weights) == len(self.reward_funcs),

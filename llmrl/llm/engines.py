@@ -114,6 +114,10 @@ def check(acc, cfg) -> None:
         raise ValueError(f"optimizer={cfg.optimizer} needs whole parameters and gradients on each process (its "
                          f"Fisher-vector products and line search run on them), but {name(acc)} partitions them: "
                          f"use DDP (torchrun, accelerate launch --multi_gpu), or optimizer=adamw")
+    if getattr(cfg, "advantage", None) == "gae" and owns_state(acc):
+        raise ValueError(f"advantage=gae: the critic is a second model with its own optimizer, which {name(acc)} "
+                         f"would have to partition too (not supported yet): use DDP, or an advantage without a "
+                         f"critic (grpo, rloo, reinforce_plus_plus, ...)")
     if acc.distributed_type == DistributedType.FSDP:
         _check_fsdp(acc.state.fsdp_plugin, cfg)
     if acc.distributed_type == DistributedType.DEEPSPEED:

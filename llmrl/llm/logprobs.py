@@ -95,6 +95,8 @@ class _ChunkedLogprobs(torch.autograd.Function):
     as a division by `div`. Written for memory traffic: per chunk, the forward reads the fp32 logits z' = z - max(z)
     four times (max, exp, and the two sums below) and the backward three times (exp, scale, cast), all in place.
     With S = sum exp(z'): log pi(y) = z'_y - log S and H = log S - sum(exp(z') z') / S.
+    Both outputs are differentiable (the entropy for an entropy bonus): with p = softmax(z/T),
+    d log pi(y) / d(z/T) = onehot(y) - p and dH / d(z/T) = -p (log p + H).
     """
 
     @staticmethod
@@ -119,15 +121,17 @@ class _ChunkedLogprobs(torch.autograd.Function):
             logp[s:s + chunk] = z.gather(-1, targets[s:s + chunk, None]).squeeze(-1) - logS
             ent[s:s + chunk] = logS - ez / S
             lse[s:s + chunk] = logS + zmax.squeeze(-1)
-        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.save_for_backward(hidden, weight, bias, targets, lse, ent)
         ctx.div, ctx.cap_over_t, ctx.chunk = div, cap_over_t, chunk
-        ctx.mark_non_differentiable(ent)
+        ctx.set_materialize_grads(False)  # an unused output's gradient comes as None: no work for it
         return logp, ent
 
     @staticmethod
-    def backward(ctx, grad_logp: Tensor, grad_ent: Tensor):
-        hidden, weight, bias, targets, lse = ctx.saved_tensors
+    def backward(ctx, grad_logp: Tensor | None, grad_ent: Tensor | None):
+        hidden, weight, bias, targets, lse, ent = ctx.saved_tensors
         div, cap_over_t, chunk = ctx.div, ctx.cap_over_t, ctx.chunk
+        if grad_logp is None and grad_ent is None:
+            return None, None, None, None, None, None, None, None
         w = weight.to(hidden.dtype)
         b = None if bias is None else bias.to(hidden.dtype) / div
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -136,11 +140,20 @@ class _ChunkedLogprobs(torch.autograd.Function):
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
         for s in range(0, hidden.shape[0], chunk):
             h = hidden[s:s + chunk] / div
-            gl = grad_logp[s:s + chunk, None]
+            gl = None if grad_logp is None else grad_logp[s:s + chunk, None]
             z, t = _chunk_logits(h, w, b, cap_over_t)
-            # d logp_y / d (z/T) = onehot(y) - softmax(z/T): g = grad * (onehot(y) - p), in place on z
-            g = z.sub_(lse[s:s + chunk, None]).exp_().mul_(-gl)
-            g.scatter_add_(-1, targets[s:s + chunk, None], gl)
+            logp_all = z.sub_(lse[s:s + chunk, None])  # log p, in place on z
+            if grad_ent is None:  # g = gl (onehot(y) - p), in place
+                g = logp_all.exp_().mul_(-gl)
+            else:  # g = gl onehot(y) - p (gl + ge (log p + H)); one more (chunk, V) buffer for p
+                p = logp_all.exp()
+                g = logp_all.add_(ent[s:s + chunk, None]).mul_(grad_ent[s:s + chunk, None])
+                if gl is not None:
+                    g.add_(gl)
+                g.mul_(p).neg_()
+                del p
+            if gl is not None:
+                g.scatter_add_(-1, targets[s:s + chunk, None], gl)
             if t is not None:  # through z/T = (c/T) tanh(u): d/du = (c/T) (1 - tanh(u)^2)
                 g.mul_(t.square_().neg_().add_(1)).mul_(cap_over_t)
             g = g.to(hidden.dtype)
@@ -161,8 +174,8 @@ def chunked_token_logprobs(hidden: Tensor, head: LogitsHead, targets: Tensor, te
                            chunk: int = 1024) -> tuple[Tensor, Tensor]:
     """log pi(y) = log softmax(head(h) / T)_y and entropy H(softmax(head(h) / T)) per position, in fp32.
 
-    hidden (..., H), targets (...) -> (logp (...), entropy (...)). The entropy carries no gradient (it is for
-    logging); the log-probs carry it to the hidden states and to the head's weight and bias.
+    hidden (..., H), targets (...) -> (logp (...), entropy (...)). Both carry their gradient to the hidden states
+    and to the head's weight and bias (the entropy's serves an entropy bonus in the loss).
     """
     shape = targets.shape
     logp, ent = _ChunkedLogprobs.apply(hidden.reshape(-1, hidden.shape[-1]), head.weight, head.bias,

@@ -1,9 +1,12 @@
-"""GRPOTrainer: group-relative policy optimization (and Dr. GRPO / RLOO / REINFORCE) for Hugging Face causal LMs.
+"""GRPOTrainer: group-relative policy optimization (and Dr. GRPO / RLOO / REINFORCE, PPO with a critic, REINFORCE++)
+for Hugging Face causal LMs.
 
 One step, top to bottom (`GRPOTrainer.step`):
   rollout:  1. take B prompts; 2. sample G completions each; 3. score them with the reward functions;
-            4. reference log-probs (and the KL-shaped reward); 5. advantages
-  optimize: 6. mu passes of clipped-surrogate updates over micro-batches (exact gradient accumulation)
+            4. reference log-probs (and the KL-shaped reward); 5. advantages, per completion or per token (with
+            advantage=gae, the critic's values V(s_t) first: llmrl/llm/critic.py)
+  optimize: 6. mu passes of clipped-surrogate updates over micro-batches (exact gradient accumulation), each
+            followed by one pass of the critic's value loss
   log:      7. metrics, completions, checkpoints.
 Every equation is in llmrl.objectives; accelerate handles devices, processes and trackers.
 """
@@ -43,10 +46,12 @@ class RolloutBatch:
     completion_mask: Tensor     # (N, C), 1 up to and including EOS
     group_index: Tensor         # (N,) prompt row of each completion
     rewards: Tensor             # (N,) weighted total (+ shaping: overlong penalty, KL when kl_in = "reward")
-    advantages: Tensor          # (N,)
+    advantages: Tensor          # (N,), or (N, C) per token (advantage gae / reinforce_plus_plus*)
     ref_logp: Tensor | None = None   # (N, C) log pi_ref of the sampled tokens, when a KL term is on
     beta_loss: float = 0.0           # this step's KL coefficient in the loss (0 when kl_in = "reward")
     loss_mask: Tensor | None = None  # (N, C) tokens that count in the loss (default: completion_mask)
+    values: Tensor | None = None     # (N, C) the critic's V(s_t) at sampling (advantage=gae)
+    returns: Tensor | None = None    # (N, C) GAE returns A_t + V(s_t): the critic's targets (advantage=gae)
     info: dict = field(default_factory=dict)  # texts and per-function rewards, for logs
 
     def __len__(self) -> int:
@@ -197,6 +202,11 @@ class GRPOTrainer:
         self.policy, self.opt = engines.prepare(self.acc, module, opt, cfg)
         self.sched = sched
         self.model = model  # the unwrapped policy (sampling, reference, saving)
+        # PPO's value model (advantage=gae): its own model, adapter and optimizer (llmrl/llm/critic.py)
+        self.critic = None
+        if cfg.advantage == "gae":
+            from .critic import Critic
+            self.critic = Critic(self, model)
         self.kl_ctl = {"fixed": lambda: objectives.FixedKLController(cfg.beta),
                        "adaptive": lambda: objectives.AdaptiveKLController(cfg.beta, cfg.kl_target),
                        "proportional": lambda: objectives.ProportionalKLController(cfg.beta, cfg.kl_target,
@@ -258,13 +268,18 @@ class GRPOTrainer:
     def _micro_batches(self, n: int) -> list[slice]:
         return [slice(s, min(s + self.cfg.micro_batch_size, n)) for s in range(0, n, self.cfg.micro_batch_size)]
 
-    def _logp_of(self, module, batch: RolloutBatch, sl: slice) -> tuple[Tensor, Tensor]:
-        """Log-probs and entropies of the completions in slice `sl`, with only the prompts they continue."""
+    def _micro_batch_inputs(self, batch: RolloutBatch, sl: slice) -> tuple[Tensor, ...]:
+        """(prompt_ids, prompt_mask, completion_ids, completion_mask, group_index) of the completions in slice `sl`,
+        with only the prompts they continue."""
         gi = batch.group_index[sl]
         first, last = int(gi[0]), int(gi[-1]) + 1
+        return (batch.prompt_ids[first:last], batch.prompt_mask[first:last], batch.completion_ids[sl],
+                batch.completion_mask[sl], gi - first)
+
+    def _logp_of(self, module, batch: RolloutBatch, sl: slice) -> tuple[Tensor, Tensor]:
+        """Log-probs and entropies of the completions in slice `sl`."""
         with self._autocast():
-            return module(batch.prompt_ids[first:last], batch.prompt_mask[first:last], batch.completion_ids[sl],
-                          batch.completion_mask[sl], gi - first)
+            return module(*self._micro_batch_inputs(batch, sl))
 
     @torch.no_grad()
     def _reference_logprobs(self, batch: RolloutBatch) -> Tensor:
@@ -283,6 +298,10 @@ class GRPOTrainer:
         """This process's rows of a tensor `_global` built."""
         n = len(x) // self.acc.num_processes
         return x[self.acc.process_index * n:(self.acc.process_index + 1) * n]
+
+    def _global_tokens(self, x: Tensor) -> Tensor:
+        """A per-token tensor (N, C) of every process, each right-padded with zeros to the longest C."""
+        return self._global(self.acc.pad_across_processes(x, dim=1) if self.acc.num_processes > 1 else x)
 
     # ------------------------------------------------------------------ one step
     @torch.no_grad()
@@ -304,12 +323,18 @@ class GRPOTrainer:
         # 4. reference log-probs; with kl_in = "reward", r_i <- r_i - beta * sum_t KL_t (log pi of the policy now)
         if beta > 0:
             batch.ref_logp = self._reference_logprobs(batch)
+        scores, kl = batch.rewards, None
         if beta_reward > 0:
             logp = torch.cat([self._logp_of(self.policy, batch, sl)[0] for sl in self._micro_batches(len(batch))])
-            batch.rewards, _ = objectives.kl_shaped_rewards(batch.rewards, logp, batch.ref_logp, batch.completion_mask,
-                                                            beta_reward, cfg.kl_estimator)
+            batch.rewards, kl = objectives.kl_shaped_rewards(batch.rewards, logp, batch.ref_logp, batch.completion_mask,
+                                                             beta_reward, cfg.kl_estimator)
+        # 5. advantages: per completion, or per token (the score at the last token, the KL at every token)
+        if cfg.advantage in objectives.TOKEN_ESTIMATORS:
+            batch.values = self.critic.values(batch) if self.critic is not None else None
+            batch.advantages, batch.returns = self.token_advantages(batch, scores, kl, beta_reward)
+        else:
+            batch.advantages = self.advantages(batch.rewards)
         batch.info["sample_time"], batch.info["after_sample_time"] = t_sampled - t0, time.perf_counter() - t_sampled
-        batch.advantages = self.advantages(batch.rewards)  # 5.
         return batch
 
     def _generate(self, rows: list[dict], beta_loss: float) -> RolloutBatch:
@@ -391,14 +416,30 @@ class GRPOTrainer:
         return self._local(objectives.sequence_advantages(self._global(rewards), cfg.num_generations, cfg.advantage,
                                                           cfg.scale_rewards))
 
+    def token_advantages(self, batch: RolloutBatch, scores: Tensor, kl: Tensor | None,
+                         beta: float) -> tuple[Tensor, Tensor | None]:
+        """Step 5 of the per-token estimators: this process's advantages (N, C) (and, for gae, the returns its critic
+        regresses on) from its scores (N,), per-token KL (N, C) and the critic's values batch.values, computed over
+        the GLOBAL batch (whitening statistics of every process's tokens)."""
+        cfg, C = self.cfg, batch.completion_ids.shape[1]
+        g = lambda x: None if x is None else self._global_tokens(x)  # noqa: E731
+        adv, returns = objectives.token_advantages(
+            self._global(scores), g(batch.completion_mask), cfg.advantage, cfg.num_generations, g(kl), beta,
+            cfg.gamma, cfg.lam, g(batch.values), g(batch.loss_mask))
+        return self._local(adv)[:, :C], None if returns is None else self._local(returns)[:, :C]
+
     def optimize(self, batch: RolloutBatch) -> dict:
         """Step 6: num_iterations passes over the batch, each ONE optimizer step with the gradient accumulated
-        exactly over micro-batches; returns statistics of the first pass (token means over all processes).
-        `batch` is not modified."""
+        exactly over micro-batches, then (advantage=gae) one pass of the critic; returns statistics of the first
+        pass (token means over all processes). `batch` is not modified."""
         cfg, acc = self.cfg, self.acc
         if cfg.optimizer != "adamw":  # TRPO / natural policy gradient
             from .trust_region import trust_region_update
-            return trust_region_update(self, batch)
+            stats = trust_region_update(self, batch)
+            if self.critic is not None:
+                stats.update(self.critic.update(batch))
+                stats["skipped_updates"] += stats["critic/skipped_updates"]
+            return stats
         mbs = self._micro_batches(len(batch))
         agg = self._loss_normalizers(batch)
         old: list[Tensor] = []  # log pi_theta_old per micro-batch: the first pass's log-probs, detached
@@ -419,13 +460,13 @@ class GRPOTrainer:
                     loss, s = objectives.grpo_loss(
                         logp, old[j], ref, batch.advantages[sl], batch.loss_mask[sl], batch.beta_loss,
                         cfg.clip_low, cfg.clip_high, cfg.ratio_level, cfg.kl_estimator, kl_gradient=cfg.kl_gradient,
-                        **agg)
+                        entropy=ent, entropy_coef=cfg.entropy_coef, **agg)
                     engines.backward(acc, loss)
                 loss_sum += loss.item()
                 if it == 0:
                     if ref is not None and "kl" not in s:  # KL in the reward: its value, for logs and controller
                         s["kl"] = objectives.kl_estimate(old[j], ref, cfg.kl_estimator)
-                    per_token.append(dict(s, entropy=ent))
+                    per_token.append(dict(s, entropy=ent.detach()))
             grad_norm = self._clip_and_check()
             if grad_norm is None or not math.isfinite(loss_sum):
                 skipped += 1  # a non-finite loss or gradient: no update (the step counts toward the stop rule)
@@ -440,6 +481,11 @@ class GRPOTrainer:
                              ratio_mean=stats.pop("ratio"))
                 stats.update(loss=self._mean_over_processes(loss_sum),
                              grad_norm=grad_norm if grad_norm is not None else float("nan"))
+            if self.critic is not None:  # the value model's own pass (its own loss and optimizer)
+                critic_stats = self.critic.update(batch)
+                skipped += critic_stats["critic/skipped_updates"]
+                if it == 0:
+                    stats.update(critic_stats)
         stats["skipped_updates"] = skipped
         return stats
 
@@ -501,7 +547,11 @@ class GRPOTrainer:
     def _metrics(self, batch: RolloutBatch, stats: dict, step_time: float, rollout_time: float) -> dict:
         G = self.cfg.num_generations
         g = lambda x: self._global(x.float().to(self.acc.device))  # noqa: E731  (all processes' values)
-        rewards, adv = g(batch.rewards), g(batch.advantages)
+        rewards = g(batch.rewards)
+        if batch.advantages.dim() == 1:
+            adv = g(batch.advantages)
+        else:  # per token: the values at every process's completion tokens
+            adv = self._global_tokens(batch.advantages)[self._global_tokens(batch.completion_mask).bool()]
         lengths = g(batch.completion_mask.sum(-1))
         m = {"reward": rewards.mean().item(), "reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0}
         for name, v in batch.info["per_func"].items():
@@ -520,7 +570,7 @@ class GRPOTrainer:
                   "advantages/min": adv.min().item(), "advantages/max": adv.max().item()})
         m.update({k: stats[k] for k in ("loss", "clip_frac_low", "clip_frac_high", "entropy", "grad_norm", "kl",
                                         "beta") if k in stats})
-        m.update({k: v for k, v in stats.items() if k.startswith("trust_region/")})
+        m.update({k: v for k, v in stats.items() if k.startswith(("trust_region/", "critic/"))})
         m.update({"completion_length": lengths.mean().item(), "completion_length_max": lengths.max().item(),
                   "truncated_frac": g(batch.info["truncated"]).mean().item(),
                   "tokens_per_s": lengths.sum().item() / step_time, "step_time": step_time,
@@ -531,9 +581,13 @@ class GRPOTrainer:
 
     def _log_completions(self, batch: RolloutBatch, step: int) -> None:
         """This step's completions (every process's) to completions.jsonl, and a table of them to the trackers."""
+        adv = batch.advantages
+        if adv.dim() == 2:  # per token: the completion's mean advantage
+            m = batch.completion_mask.to(adv.dtype)
+            adv = (adv * m).sum(-1) / m.sum(-1).clamp(min=1)
         rows = [{"step": step, "prompt": batch.info["prompts"][int(gi)], "completion": t,
                  "rewards": {k: (None if math.isnan(v[i]) else float(v[i])) for k, v in batch.info["per_func"].items()},
-                 "reward": float(batch.rewards[i]), "advantage": float(batch.advantages[i])}
+                 "reward": float(batch.rewards[i]), "advantage": float(adv[i])}
                 for i, (t, gi) in enumerate(zip(batch.info["texts"], batch.group_index))]
         rows = self.acc.gather_for_metrics(rows, use_gather_object=True) if self.acc.num_processes > 1 else rows
         if self.acc.is_main_process:
@@ -621,6 +675,8 @@ class GRPOTrainer:
         cfg = self.cfg
         if "learning_rate" in changed:
             ckpt.apply_learning_rate(self.opt, self.sched, cfg.learning_rate)
+        if "critic_learning_rate" in changed and self.critic is not None:
+            ckpt.apply_learning_rate(self.critic.opt, self.critic.sched, cfg.critic_learning_rate)
         if "beta" in changed:
             self.kl_ctl.beta = cfg.beta
         if changed and self.acc.is_main_process:
@@ -787,13 +843,21 @@ def save_policy(model, path: str, state_dict: dict | None = None) -> None:
         model.save_pretrained(path, state_dict=state_dict)
 
 
-def save_merged(model, path: str) -> None:
-    """The model with the trained adapter folded into its weights (loadable without peft)."""
+def merged_copy(model):
+    """A copy of the policy as a plain transformers model: its trained adapter folded into its weights (a model
+    without an adapter: a plain copy)."""
     import copy
 
     from .reference import REFERENCE_ADAPTER
 
     full = copy.deepcopy(model)
+    if not hasattr(full, "peft_config"):
+        return full
     if REFERENCE_ADAPTER in full.peft_config:
         full.delete_adapter(REFERENCE_ADAPTER)
-    full.merge_and_unload().save_pretrained(path)
+    return full.merge_and_unload()
+
+
+def save_merged(model, path: str) -> None:
+    """The model with the trained adapter folded into its weights (loadable without peft)."""
+    merged_copy(model).save_pretrained(path)

@@ -1,4 +1,5 @@
-"""Sequence-level advantages for LLM policy gradients (GRPO, Dr. GRPO, RLOO, REINFORCE) and whitening.
+"""Advantages for LLM policy gradients: sequence-level (GRPO, Dr. GRPO, RLOO, REINFORCE), token-level (PPO's GAE
+with a critic, REINFORCE++) and whitening.
 
 Rewards arrive flat, (N,) with N = B * G: the G completions of a prompt are contiguous, as the trainer samples
 them. Group statistics need a whole group in one tensor; batch statistics need the whole batch (of all processes:
@@ -9,9 +10,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .returns import discounted_returns, token_gae
+from .shaping import token_level_rewards
+
 SCALES = ("group", "batch", "none")
 # advantage estimators over one scalar reward per completion (`sequence_advantages`)
 SEQUENCE_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce")
+# advantage estimators over per-token rewards (`token_advantages`; verl's names)
+TOKEN_ESTIMATORS = ("gae", "reinforce_plus_plus", "reinforce_plus_plus_baseline")
 
 
 def _groups(rewards: Tensor, group_size: int) -> Tensor:
@@ -89,3 +95,33 @@ def sequence_advantages(rewards: Tensor, group_size: int, estimator: str = "grpo
             raise ValueError(f"rewards must be 1-D (B*G,), got shape {tuple(rewards.shape)}")
         return rewards - rewards.mean()
     raise ValueError(f"advantage estimator must be one of {SEQUENCE_ESTIMATORS}, got {estimator!r}")
+
+
+def token_advantages(scores: Tensor, mask: Tensor, estimator: str, group_size: int = 1, kl: Tensor | None = None,
+                     beta: float = 0.0, gamma: float = 1.0, lam: float = 0.95, values: Tensor | None = None,
+                     whiten_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """Per-token advantages from one score per completion and a per-token KL, whitened over the batch; scores (N,),
+    mask/kl/values (N, T) -> (advantages (N, T), returns (N, T) for estimator "gae", else None).
+
+    The rewards are `token_level_rewards` (the score at the last completion token, -beta KL_t at every token), then:
+    - gae: `token_gae` with the critic's values V(s_t) (PPO-RLHF, Ouyang et al. 2022); the returns A + V are the
+      critic's regression targets;
+    - reinforce_plus_plus: the discounted return G_t = sum_{k>=t} gamma^(k-t) r_k (REINFORCE++, Hu 2025);
+    - reinforce_plus_plus_baseline: the same after subtracting each prompt group's mean score (Hu 2025's group
+      baseline; groups of `group_size` contiguous completions, as in `group_advantages`).
+    Advantages are whitened (`whiten`: zero mean, unit variance) over `whiten_mask` (default `mask`); pass the whole
+    batch (all processes) so that the statistics are global.
+    """
+    if estimator not in TOKEN_ESTIMATORS:
+        raise ValueError(f"token advantage estimator must be one of {TOKEN_ESTIMATORS}, got {estimator!r}")
+    if estimator == "reinforce_plus_plus_baseline":
+        scores = group_advantages(scores, group_size, "none")
+    rewards = token_level_rewards(scores, mask, kl, beta)
+    returns = None
+    if estimator == "gae":
+        if values is None:
+            raise ValueError("token_advantages: estimator 'gae' needs the critic's values (N, T)")
+        adv, returns = token_gae(rewards, values, mask, gamma, lam)
+    else:
+        adv = discounted_returns(rewards, gamma) * mask.to(rewards.dtype)  # rewards are 0 past the last token
+    return whiten(adv, mask if whiten_mask is None else whiten_mask), returns

@@ -179,7 +179,7 @@ def kl_penalized_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: 
 def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantages: Tensor, mask: Tensor,
               beta: float, clip_low: float = 0.2, clip_high: float | None = None, ratio_level: str = "token",
               kl_estimator: str = "k3", mode: str = "seq_mean_token_mean", kl_gradient: str = "unbiased",
-              **agg) -> tuple[Tensor, dict[str, Tensor]]:
+              entropy: Tensor | None = None, entropy_coef: float = 0.0, **agg) -> tuple[Tensor, dict[str, Tensor]]:
     """GRPO loss: per-token PPO-clip + beta * KL(pi || pi_ref) penalty (Shao et al. 2024 eq. 3), aggregated.
 
     logp/old_logp/ref_logp/mask (B, T), advantages (B,) or (B, T) -> (scalar loss, per-token detached stats:
@@ -188,12 +188,18 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantage
     its gradient is an unbiased estimate of grad KL(pi || pi_ref) whatever the estimator (see kl_penalty). The seed's
     GRPO objective writes the ratio against pi_ref; the ratio is against pi_old, as in the paper.
     With beta = 0 or ref_logp None the KL term is skipped (no reference model is needed).
+    With entropy_coef = c2 > 0, the entropy bonus -c2 H(pi(.|s_t)) joins every token's loss (PPO eq. 9, seed eq. 26's
+    c2 S term); `entropy` (B, T) is the policy's entropy at each position, differentiable.
     """
     per_token, stats = ppo_clip_objective(logp, old_logp, advantages, mask, clip_low, clip_high, ratio_level)
     if beta != 0 and ref_logp is not None:
         kl = kl_penalty(logp, ref_logp, kl_estimator, kl_gradient, old_logp)
         per_token = per_token + beta * kl
         stats["kl"] = kl.detach()
+    if entropy_coef != 0:
+        if entropy is None:
+            raise ValueError("grpo_loss: entropy_coef is set but no per-token entropy was given")
+        per_token = per_token - entropy_coef * entropy
     return aggregate(per_token, mask, mode, **agg), stats
 
 

@@ -1,4 +1,4 @@
-"""Returns and advantage estimators: reward-to-go, k-step targets, TD targets, GAE.
+"""Returns and advantage estimators: reward-to-go, k-step targets, TD targets, GAE (and GAE over padded tokens).
 
 Conventions (shared by every function here): the time axis is the LAST dimension, batch dimensions lead; an
 empty window (T = 0) gives empty outputs.
@@ -101,3 +101,21 @@ def gae(rewards: Tensor, values: Tensor, next_values: Tensor, dones: Tensor, gam
         A = deltas[..., t] + gamma * lam * (1.0 - dones[..., t]) * A
         adv[..., t] = A
     return adv, adv + values
+
+
+def token_gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """GAE over right-padded token sequences (PPO-RLHF, Ouyang et al. 2022; seed eq. 24 per token): `gae` with
+    V(s_{t+1}) = the next token's value and each sequence terminated after its last real token, so nothing is
+    bootstrapped past it; rewards/values/mask (..., T) -> (advantages, returns = advantages + values), zero on padding.
+
+    The mask must be contiguous from t = 0 (a completion mask). A completion cut at the token limit ends there too:
+    the reward function scored it as it stands and no reward follows, so its last token is terminal (as in TRL,
+    OpenRLHF and verl); bootstrapping V there would count the future a second time on top of the score.
+    """
+    m = mask.to(rewards.dtype)
+    values = values * m  # padding holds junk values
+    zero = torch.zeros_like(m[..., :1])
+    next_values = torch.cat([values[..., 1:], zero], dim=-1)
+    dones = 1.0 - torch.cat([m[..., 1:], zero], dim=-1)  # 1 at the last real token (and on padding)
+    adv, returns = gae(rewards * m, values, next_values, dones, gamma, lam)
+    return adv * m, returns * m

@@ -18,7 +18,7 @@ from llmrl.llm.reward_model import (RewardModelScorer, add_reward_lora, conversa
                                     pad_sequences, sequence_scores, tokenize_conversation)
 from llmrl.llm.model import LoraSettings
 from llmrl.llm.reward_trainer import RewardConfig, RewardTrainer, tokenize_pairs
-from tests.llm.tiny import save_tiny, tiny_dataset, tiny_model, tiny_reward_model, tiny_trainer
+from tests.llm.tiny import dies_after, save_tiny, tiny_dataset, tiny_model, tiny_reward_model, tiny_trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMING = {"time", "step_time"}
@@ -158,15 +158,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     a.train()
 
     b = trainer(tmp_path / "b")
-    real_step, calls = b.step, {"n": 0}
-
-    def dies_after_step_3():
-        calls["n"] += 1
-        out = real_step()
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("killed")  # after step 4's update, before its log and checkpoint
-        return out
-    b.step = dies_after_step_3
+    dies_after(b, 4)  # after step 4's update, before its log and checkpoint
     with pytest.raises(KeyboardInterrupt):
         b.train()
     assert sorted(os.listdir(tmp_path / "b")) == ["checkpoint-2", "config.json", "metrics.jsonl"]

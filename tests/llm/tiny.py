@@ -164,3 +164,17 @@ def tiny_reward_model(seed: int = 0, layers: int = 2, hidden: int = 32):
         model.model.embed_tokens.weight.mul_(4.0)
         model.score.weight.normal_(0, 1.0)
     return model, tok
+
+
+def dies_after(trainer, n: int):
+    """Make `trainer.step` raise KeyboardInterrupt right after its n-th call's update, before that step is logged or
+    checkpointed (a run killed at that point)."""
+    real_step, calls = trainer.step, {"n": 0}
+
+    def step():
+        calls["n"] += 1
+        out = real_step()
+        if calls["n"] == n:
+            raise KeyboardInterrupt("killed")
+        return out
+    trainer.step = step
