@@ -30,8 +30,9 @@ $(STAMP): pyproject.toml
 # The main job: GRPO on the bundled SmolLM2-135M (LoRA) with the bundled arithmetic data, a few steps on CPU,
 # greedy accuracy on held-out questions before and after.
 demo: venv
-	$(PY) recipes/grpo_gsm8k.py --max_steps 3 --per_device_batch_size 8 --num_generations 4 \
-		--max_new_tokens 64 --learning_rate 5e-5 --eval_examples 16 --output_dir runs/demo --overwrite_output_dir
+	$(PY) -m llmrl.cli grpo --max_steps 8 --per_device_batch_size 32 --num_generations 4 --micro_batch_size 32 \
+		--max_new_tokens 48 --learning_rate 5e-4 --system_prompt "" --reward_funcs gsm8k --eval_examples 64 \
+		--output_dir runs/demo --overwrite_output_dir
 	$(PY) -m llmrl.plot runs/demo
 
 # The default suite (fast; slow learning tests are opt-in below).

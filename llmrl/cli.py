@@ -3,7 +3,7 @@
 
     llmrl grpo --max_steps 50                     # GRPO-family fine-tuning (recipes/grpo_gsm8k.py)
     llmrl eval --adapter runs/grpo/final          # greedy accuracy / pass@k of a model or adapter
-    llmrl preferences --out runs/prefs            # preference pairs sampled from a policy, labelled by rules
+    llmrl preferences --output_dir runs/prefs     # preference pairs sampled from a policy, labelled by rules
     llmrl rm --dataset runs/prefs                 # reward model (Bradley-Terry) (recipes/reward_model.py)
     llmrl plot runs/grpo                          # curves of a run's metrics.jsonl
     accelerate launch -m llmrl.cli grpo ...       # several processes / GPUs

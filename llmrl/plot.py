@@ -3,9 +3,10 @@
 Reads RUN_DIR/metrics.jsonl (written by llmrl.utils.RunLogger, one JSON object with "step" per line) and draws
 one subplot per key against step, except the evaluation metrics (eval/accuracy, eval/pass@k), which share one
 panel; where RUN_DIR/eval.json holds accuracy before and after training, they are marked on it (at step 0 and at
-the last step). Default keys, those present: for an LLM run reward, rewards/* (per-function means; */std keys left
-out), kl, completion_length, loss, eval/*; for a classic agent run episode_return (raw points and a moving
-average).
+the last step). Steps whose every group of completions had the same reward (frac_zero_std_groups = 1: no learning
+signal, the update is zero apart from any KL term) are shaded on the reward panel. Default keys, those present:
+for an LLM run reward, rewards/* (per-function means, when there are several; */std keys left out), kl, completion_length, loss, eval/*;
+for a classic agent run episode_return (raw points and a moving average).
 """
 from __future__ import annotations
 
@@ -64,7 +65,10 @@ def default_keys(available: list[str]) -> list[str]:
     keys = []
     for key in LLM_KEYS + SMOOTHED_KEYS:
         if key in ("rewards/", EVAL_PREFIX):
-            keys += sorted(k for k in available if k.startswith(key) and not k.endswith("std"))
+            found = sorted(k for k in available if k.startswith(key) and not k.endswith("std"))
+            if key == "rewards/" and len(found) == 1 and "reward" in available:
+                found = []  # one reward function: its curve is the reward's
+            keys += found
         elif key in available:
             keys.append(key)
     return keys
@@ -101,6 +105,20 @@ def before_after(run_dir: str) -> dict[str, float]:
         if _is_number(value):
             out[label] = float(value)
     return out
+
+
+NO_SIGNAL = "no learning signal (every group's rewards equal)"
+
+
+def no_signal_steps(rows: list[dict]) -> list[int]:
+    """Steps whose batch had no group with differing rewards (frac_zero_std_groups == 1)."""
+    return [r["step"] for r in rows if r.get("frac_zero_std_groups") == 1]
+
+
+def _shade_no_signal(ax, rows: list[dict]) -> None:
+    """Shade each step without learning signal (one legend entry for all of them)."""
+    for i, step in enumerate(no_signal_steps(rows)):
+        ax.axvspan(step - 0.5, step + 0.5, color="0.85", zorder=0, label=NO_SIGNAL if i == 0 else None)
 
 
 def plot_run(run_dir: str, out: str | None = None, keys: list[str] | None = None) -> str:
@@ -148,11 +166,13 @@ def run_figure(run_dir: str, keys: list[str] | None = None) -> Figure:
             else:
                 ax.plot(x, y, marker="." if len(y) < 50 else None, label=key)
         is_eval = not group or group[0].startswith(EVAL_PREFIX)
+        if group and group[0] == "reward":
+            _shade_no_signal(ax, rows)
         for label, value in marks.items() if is_eval else ():
             step = 0 if label == "before" else max(r["step"] for r in rows)
             ax.plot([step], [value], "*", markersize=12, label=f"accuracy {label} training: {value:.3f}")
         ax.set_ylabel("eval" if is_eval else group[0])
-        if is_eval or group[0] in SMOOTHED_KEYS:
+        if is_eval or group[0] in SMOOTHED_KEYS or ax.get_legend_handles_labels()[1].count(NO_SIGNAL):
             ax.legend(loc="best", fontsize="small")
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("step")

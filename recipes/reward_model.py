@@ -2,7 +2,7 @@
 causal-LM backbone with a scalar head, LoRA by default, pairwise accuracy on held-out pairs. The same job as
 `llmrl rm`; it reads top to bottom in llmrl/scripts/reward_model.py.
 
-    python -m llmrl.llm.preference_data --out runs/arithmetic_preferences      # pairs from the bundled model
+    llmrl preferences --output_dir runs/arithmetic_preferences         # pairs from the bundled model
     python recipes/reward_model.py --dataset runs/arithmetic_preferences --eval_dataset runs/arithmetic_preferences
 
 Every RewardConfig field is a flag (`--help` lists them); final/ holds the merged model, which

@@ -15,12 +15,13 @@ model from it, and trains the policy on that learned reward, measured throughout
                     at weight 0: rewards/gsm8k)
   4. plot:          the curves of every run in one PNG, and OUT/result.json with every number   -> OUT/rlhf_pipeline.png
 
-    python recipes/rlhf_pipeline.py --out runs/rlhf --png docs/img/rlhf_pipeline.png  # everything (hours on a CPU)
-    python recipes/rlhf_pipeline.py --out runs/rlhf --pref_prompts 4 --pref_test_prompts 4 --rm_max_steps 2 \\
+    python recipes/rlhf_pipeline.py --output_dir runs/rlhf --png docs/img/rlhf_pipeline.png  # all (hours on a CPU)
+    python recipes/rlhf_pipeline.py --output_dir runs/rlhf --pref_prompts 4 --pref_test_prompts 4 --rm_max_steps 2 \\
         --rl_steps 2 --eval_examples 4 --eval_steps 1                                # every stage, smallest budgets
-    python recipes/rlhf_pipeline.py --out runs/rlhf --stages rl plot --runs ppo      # one run again, then the plot
+    python recipes/rlhf_pipeline.py --output_dir runs/rlhf --stages rl plot --runs ppo  # one run again, then the plot
 
-Every flag is a PipelineConfig field (`--help` lists them); a stage reads what the earlier stages wrote in --out.
+Every flag is a PipelineConfig field (`--help` lists them); OUT is --output_dir, where each stage reads what the
+earlier stages wrote.
 Each stage is also its own recipe, to run alone (or with `accelerate launch` on several GPUs).
 """
 from __future__ import annotations
@@ -44,8 +45,8 @@ ADVANTAGE = {"ppo": "gae", "grpo": "grpo", "reinforce_plus_plus": "reinforce_plu
 
 @dataclass
 class PipelineConfig:
-    out: str = _h("Directory of the whole pipeline: preferences/, reward_model/, rl/NAME/, result.json, the PNG.",
-                  default="runs/rlhf")
+    output_dir: str = _h("Directory of the whole pipeline: preferences/, reward_model/, rl/NAME/, result.json, the "
+                         "PNG.", default="runs/rlhf")
     stages: list[str] = _h(f"Stages to run, in order: {' '.join(STAGES)}.", default_factory=lambda: list(STAGES))
     runs: list[str] = _h(f"RL runs of the rl stage: {' '.join(RUNS)}.", default_factory=lambda: list(RUNS))
     model: str = _h("The policy (and the reward model's backbone): hub id, directory, .gguf or 'bundled'.",
@@ -102,7 +103,7 @@ class PipelineConfig:
 
 
 def _path(cfg: PipelineConfig, *parts: str) -> str:
-    return os.path.join(cfg.out, *parts)
+    return os.path.join(cfg.output_dir, *parts)
 
 
 def _system_prompt(cfg: PipelineConfig) -> list[str]:
@@ -116,7 +117,8 @@ def make_preferences(cfg: PipelineConfig) -> dict:
     if os.path.exists(_path(cfg, "preference_data.json")):  # an earlier run's report must not outlive its data
         os.remove(_path(cfg, "preference_data.json"))
     report = preference_data.main([
-        "--model", cfg.model, "--dataset", cfg.dataset, "--out", _path(cfg, "preferences"), "--num_prompts",
+        "--model", cfg.model, "--dataset", cfg.dataset, "--output_dir", _path(cfg, "preferences"),
+        "--overwrite_output_dir", "--num_prompts",
         str(cfg.pref_prompts), "--num_test_prompts", str(cfg.pref_test_prompts), "--num_generations",
         str(cfg.pref_generations), "--max_new_tokens", str(cfg.max_new_tokens), "--reward_funcs",
         *cfg.rule_reward_funcs, "--seed", str(cfg.seed), "--dtype", cfg.dtype, *_system_prompt(cfg)])
@@ -137,8 +139,8 @@ def train_reward_model(cfg: PipelineConfig) -> dict:
         with open(_path(cfg, "preference_data.json")) as f:
             has_test = "test" in json.load(f)  # held-out pairs were made (pref_test_prompts > 0)
     except FileNotFoundError:
-        raise FileNotFoundError(f"reward_model stage: no preference data in {cfg.out} (no preference_data.json); run "
-                                f"the data stage") from None
+        raise FileNotFoundError(f"reward_model stage: no preference data in {cfg.output_dir} (no "
+                                f"preference_data.json); run the data stage") from None
     return reward_model.main([
         "--model", cfg.model, "--dataset", _path(cfg, "preferences"), "--output_dir", _path(cfg, "reward_model"),
         "--overwrite_output_dir", "--report_to", "none", "--dtype", cfg.dtype, "--seed", str(cfg.seed),
@@ -271,7 +273,7 @@ def table(result: dict) -> str:
 
 def main(argv=None) -> dict:
     cfg = parse_config(PipelineConfig, argv)
-    os.makedirs(cfg.out, exist_ok=True)
+    os.makedirs(cfg.output_dir, exist_ok=True)
     if "data" in cfg.stages:
         print("=== data: preference pairs ===", flush=True)
         make_preferences(cfg)

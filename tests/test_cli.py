@@ -26,8 +26,7 @@ def test_each_subcommand_parses_the_recipes_config(monkeypatch, tmp_path, comman
     yaml_file = tmp_path / "run.yaml"
     yaml_file.write_text("seed: 7\nlearning_rate: 3.0e-4\n" if config != "PreferenceDataConfig" else
                          "seed: 7\nnum_prompts: 5\n")
-    flags = ["--config", str(yaml_file), "--seed", "9", "--output_dir" if config != "PreferenceDataConfig" else "--out",
-             str(tmp_path / "o")]
+    flags = ["--config", str(yaml_file), "--seed", "9", "--output_dir", str(tmp_path / "o")]
     parsed = []
 
     class Stop(Exception):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from llmrl.plot import default_keys, main, moving_average, numeric_keys, plot_run, read_metrics, run_figure
+from llmrl.plot import (NO_SIGNAL, default_keys, main, moving_average, no_signal_steps, numeric_keys, plot_run,
+                        read_metrics, run_figure)
 from llmrl.utils import RunLogger
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -35,6 +36,11 @@ def test_llm_run_default_keys_and_png(tmp_path):
     out = plot_run(str(tmp_path))
     assert out == str(tmp_path / "curves.png")
     assert_png(out)
+
+
+def test_a_single_reward_function_does_not_repeat_the_reward_panel():
+    assert default_keys(["reward", "rewards/gsm8k", "rewards/gsm8k/std", "loss"]) == ["reward", "loss"]
+    assert default_keys(["rewards/gsm8k", "loss"]) == ["rewards/gsm8k", "loss"]
 
 
 def test_classic_run_with_run_logger(tmp_path):
@@ -131,3 +137,19 @@ def test_before_after_marks_get_a_panel_of_their_own_and_steps_are_integers(tmp_
     (tmp_path / "eval.json").write_text("{broken")
     with pytest.raises(SystemExit, match=r"^llmrl-plot: .*eval\.json is not valid JSON"):
         main([str(tmp_path)])
+
+
+def test_steps_without_learning_signal_are_shaded_on_the_reward_panel(tmp_path):
+    rows = llm_rows(5)
+    for r, frac in zip(rows, [0.5, 1.0, 0.0, 1, 0.75]):
+        r["frac_zero_std_groups"] = frac
+    write_rows(tmp_path / "metrics.jsonl", rows)
+    assert no_signal_steps(read_metrics(str(tmp_path / "metrics.jsonl"))) == [1, 3]
+    reward_ax = run_figure(str(tmp_path)).axes[0]
+    spans = sorted((p.get_x(), p.get_width()) for p in reward_ax.patches)
+    assert spans == [pytest.approx((0.5, 1.0)), pytest.approx((2.5, 1.0))]
+    assert reward_ax.get_legend_handles_labels()[1].count(NO_SIGNAL) == 1 and reward_ax.get_legend() is not None
+    rows[1]["frac_zero_std_groups"] = rows[3]["frac_zero_std_groups"] = 0.9
+    write_rows(tmp_path / "metrics.jsonl", rows)
+    reward_ax = run_figure(str(tmp_path)).axes[0]
+    assert not reward_ax.patches and reward_ax.get_legend() is None

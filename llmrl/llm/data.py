@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import datasets
 import torch
 
+from ..utils import SetupError
 from .rewards import RESERVED_ARGUMENTS
 
 GSM8K_SYSTEM_PROMPT = ("Solve the math problem step by step. "
@@ -131,9 +132,10 @@ def load_prompt_dataset(spec: str, split: str | None = None, config_name: str | 
             raise ConnectionError(f"{what} {why}; {fix}")
     try:
         return datasets.load_dataset(spec, config_name, split=split or "train")
-    except Exception as e:
+    except Exception as e:  # not on the hub, not cached while offline, no such split or config: the user's to fix
         detail = " ".join(f"{type(e).__name__}: {e}".split())[:300]
-        raise RuntimeError(f"{what} loading it from the Hugging Face hub failed ({detail}); {fix}") from e
+        offline = " (HF_HUB_OFFLINE is set)" if datasets.config.HF_HUB_OFFLINE else ""
+        raise SetupError(f"{what} loading it from the Hugging Face hub failed{offline}: {detail}; {fix}") from e
 
 
 def _is_missing(value: Any) -> bool:

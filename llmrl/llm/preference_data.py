@@ -7,7 +7,7 @@ conversational preference format, one JSON object per line:
     {"prompt": [system, user messages], "chosen": [{"role": "assistant", "content": ...}],
      "rejected": [{"role": "assistant", "content": ...}], "question": ..., "answer": ...}
 
-    python -m llmrl.llm.preference_data --out runs/arithmetic_preferences --num_prompts 64 --num_test_prompts 32
+    llmrl preferences --output_dir runs/arithmetic_preferences --num_prompts 64 --num_test_prompts 32
 
 writes OUT/train.jsonl (from the task's train split) and OUT/test.jsonl (its test split: no question shared).
 """
@@ -54,7 +54,9 @@ class PreferenceDataConfig:
     reward_funcs: list[str] = _h("Rule-based checkers; a completion is accepted when every one gives it 1.",
                                  default_factory=lambda: ["gsm8k", "format"])
     batch_size: int = _h("Questions per sampling batch.", default=8)
-    out: str = _h("Output directory for train.jsonl and test.jsonl.", default="runs/arithmetic_preferences")
+    output_dir: str = _h("Output directory for train.jsonl and test.jsonl.", default="runs/arithmetic_preferences")
+    overwrite_output_dir: bool = _h("Replace the pairs an earlier run wrote in output_dir (refused without it).",
+                                    default=False)
     seed: int = _h("Seed for the question order, sampling and pairing.", default=0)
     torch_threads: int = _h("CPU threads torch may use (0 = its default, one per core; 1 on a shared machine).",
                             default=0)
@@ -127,8 +129,12 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(PreferenceDataConfig, argv)
     set_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
+    written = [n for n in ("train.jsonl", "test.jsonl") if os.path.exists(os.path.join(cfg.output_dir, n))]
+    if written and not cfg.overwrite_output_dir:  # before the model loads; nothing written is lost
+        raise FileExistsError(f"output_dir {cfg.output_dir} already holds preference pairs ({written[0]}); pass "
+                              f"--overwrite_output_dir to replace them, or another --output_dir")
     model, tok = load_policy(cfg.model, lora=None, dtype=resolve_dtype(cfg.dtype))
-    os.makedirs(cfg.out, exist_ok=True)
+    os.makedirs(cfg.output_dir, exist_ok=True)
     report = {}
     for split, n, name in ((cfg.train_split, cfg.num_prompts, "train"), (cfg.test_split, cfg.num_test_prompts, "test")):
         if n == 0:
@@ -139,11 +145,11 @@ def main(argv: list[str] | None = None) -> dict:
             model, tok, [data[i] for i in order], cfg.reward_funcs, cfg.num_generations, cfg.pairs_per_prompt,
             cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, cfg.prompt_column, cfg.system_prompt,
             cfg.batch_size, cfg.seed + (name == "test"), progress=True)
-        atomic_write_text(os.path.join(cfg.out, f"{name}.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(os.path.join(cfg.output_dir, f"{name}.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
         report[name] = stats
         print(f"{name}: {stats['pairs']} pairs from {n} questions ({stats['prompts_with_pairs']} with a pair; "
               f"{stats['accepted_frac']:.1%} of {stats['completions']} completions accepted) -> "
-              f"{os.path.join(cfg.out, name + '.jsonl')}")
+              f"{os.path.join(cfg.output_dir, name + '.jsonl')}")
     return report
 
 

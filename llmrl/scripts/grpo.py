@@ -73,6 +73,10 @@ def main(argv=None) -> dict:
         if trainer.best is not None:
             print(f"best checkpoint by {trainer.best['metric']} ({trainer.best['value']:.3f}): "
                   f"{os.path.join(cfg.output_dir, trainer.best['checkpoint'])}", flush=True)
+        if "before" in results and "after" in results:
+            b, a = results["before"], results["after"]
+            print(f"greedy accuracy on {a['n']} held-out questions: {b['accuracy']:.3f} before training -> "
+                  f"{a['accuracy']:.3f} after {trainer.step_count} steps", flush=True)
     trainer.close()
     return results
 

@@ -10,6 +10,7 @@ from llmrl.llm import arithmetic
 from llmrl.llm.data import (GSM8K_SYSTEM_PROMPT, PromptSampler, bundled_dataset_dir, check_columns,
                             check_prompt_dataset, load_prompt_dataset, make_prompt, prompt_to_text, row_prompt)
 from llmrl.llm.rewards import extract_gsm8k_answer, gsm8k_reward
+from llmrl.utils import SetupError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROWS = [{"question": "1+1?", "answer": "#### 2"}, {"question": "2+3?", "answer": "#### 5"}]
@@ -103,12 +104,15 @@ def test_load_hub_name_defaults_and_error_prefix(monkeypatch):
     assert len(load_prompt_dataset("openai/gsm8k")) == 2
     assert len(load_prompt_dataset("openai/gsm8k", split="test", config_name="socratic")) == 2
     assert calls == [("openai/gsm8k", "main", "train"), ("openai/gsm8k", "socratic", "test")]
-    with pytest.raises(RuntimeError) as e:
+    with pytest.raises(SetupError) as e:  # a user's error: one line from every recipe
         load_prompt_dataset("someone/other")
     assert "\n" not in str(e.value)
     assert str(e.value).startswith("load_prompt_dataset: 'someone/other' is not a local path or bundled dataset "
-                                   "(arithmetic) and loading it from the Hugging Face hub failed (ConnectionError: "
-                                   "Couldn't reach the hub)")
+                                   "(arithmetic) and loading it from the Hugging Face hub failed: ConnectionError: "
+                                   "Couldn't reach the hub; pass a local")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(SetupError, match=r"hub failed \(HF_HUB_OFFLINE is set\): ConnectionError"):
+        load_prompt_dataset("someone/other")
     assert isinstance(e.value.__cause__, ConnectionError)
 
 

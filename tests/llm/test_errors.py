@@ -28,6 +28,16 @@ def test_hub_model_without_network_fails_fast_in_one_line(monkeypatch, tmp_path)
     assert "not reachable" in msg and "local directory" in msg and "\n" not in msg
 
 
+def test_hub_model_in_offline_mode_and_not_cached_is_one_line(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(ConnectionError) as e:
+        load_policy("someorg/some-model", None)
+    msg = str(e.value)
+    assert "HF_HUB_OFFLINE is set" in msg and "not in the local hub cache" in msg and "\n" not in msg
+
+
 def test_hub_dataset_without_network_fails_fast_in_one_line(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", UNREACHABLE)
     t = time.time()

@@ -426,3 +426,15 @@ def test_reward_model_flag_alone_and_weighted_beside_rule_functions(tmp_path):
         GRPOConfig(reward_funcs=["gsm8k", "reward_model"])
     with pytest.raises(ValueError, match="reward_weights has 1 values for 2"):
         GRPOConfig(reward_model=str(tmp_path / "rm"), reward_funcs=["gsm8k", "reward_model"], reward_weights=[1.0])
+
+
+def test_preference_data_refuses_to_replace_earlier_pairs_before_loading_anything(tmp_path):
+    from llmrl.llm import preference_data
+    (tmp_path / "train.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    argv = ["--output_dir", str(tmp_path), "--model", str(tmp_path / "no_such_model")]
+    with pytest.raises(FileExistsError, match=r"already holds preference pairs \(train\.jsonl\); pass "
+                                              r"--overwrite_output_dir"):
+        preference_data.main(argv)
+    assert (tmp_path / "train.jsonl").read_text().startswith('{"prompt": "p"')
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # with the flag it goes on (to the model)
+        preference_data.main(argv + ["--overwrite_output_dir"])

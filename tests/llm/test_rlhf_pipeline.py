@@ -28,7 +28,7 @@ def test_pipeline_runs_every_stage_on_the_tiny_model(tmp_path, rule):
     tiny_dataset(24).to_json(data / "train.jsonl")
     tiny_dataset(8).to_json(data / "test.jsonl")
     out = tmp_path / "rlhf"
-    result = main(["--out", str(out), "--model", model, "--dataset", str(data), "--system_prompt", "", "--dtype",
+    result = main(["--output_dir", str(out), "--model", model, "--dataset", str(data), "--system_prompt", "", "--dtype",
                    "float32", "--max_new_tokens", "6", "--rule_reward_funcs", "even_length", "--eval_reward",
                    "even_length", "--pref_prompts", "6", "--pref_test_prompts", "4", "--pref_generations", "4",
                    "--rm_max_steps", "2", "--rm_batch_size", "4", "--rl_steps", "2", "--prompts_per_step", "2",
@@ -65,6 +65,6 @@ def test_pipeline_without_a_preference_pair_stops_with_one_line(tmp_path, monkey
     data.mkdir()
     tiny_dataset(8).to_json(data / "train.jsonl")
     with pytest.raises(RuntimeError, match="no train pair .* raise --pref_prompts or --pref_generations"):
-        main(["--out", str(tmp_path / "rlhf"), "--model", save_tiny(tmp_path / "model"), "--dataset", str(data),
+        main(["--output_dir", str(tmp_path / "rlhf"), "--model", save_tiny(tmp_path / "model"), "--dataset", str(data),
               "--system_prompt", "", "--dtype", "float32", "--max_new_tokens", "4", "--rule_reward_funcs", "never",
               "--pref_prompts", "2", "--pref_test_prompts", "0", "--pref_generations", "2", "--stages", "data"])
