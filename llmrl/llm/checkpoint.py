@@ -204,13 +204,20 @@ def publish_checkpoint(tmp: str, final: str, save_total_limit: int, keep: str | 
             shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(trainer, path: str) -> None:
-    """Restore a trainer to the state `save_checkpoint` wrote at `path`."""
-    acc = trainer.acc
+def read_trainer_state(path: str, acc) -> dict:
+    """A checkpoint's trainer_state.pt (step, RNGs, data position, ...), refused when it was written by another
+    number of processes (each process's RNG and data stream are in it)."""
     state = torch.load(os.path.join(path, "trainer_state.pt"), map_location="cpu", weights_only=False)
     if state["num_processes"] != acc.num_processes:
         raise ValueError(f"checkpoint {path} was written by {state['num_processes']} processes, this run has "
                          f"{acc.num_processes}: resume with the same number of processes")
+    return state
+
+
+def load_checkpoint(trainer, path: str) -> None:
+    """Restore a trainer to the state `save_checkpoint` wrote at `path`."""
+    acc = trainer.acc
+    state = read_trainer_state(path, acc)
     engine = state.get("engine", "ddp")
     if engine != engines.name(acc):
         raise ValueError(f"checkpoint {path} was written under {engine}, this run is {engines.name(acc)}: resume "

@@ -178,6 +178,8 @@ class GRPOConfig:
                                   default=3)
     save_merged: bool = _h("Also save the model with the LoRA adapter merged into its weights.", default=False)
     use_cpu: bool = _h("Train on the CPU even when a GPU is present.", default=False)
+    progress_bar: bool = _h("Show progress bars (training steps, evaluation).", default=True,
+                            help_off="No progress bars (for logs and batch jobs).")
     torch_threads: int = _h("CPU threads torch may use (0 = its default, one per core). On a machine other jobs "
                             "share, 1 can be several times faster: idle threads of a busy core spin.", default=0)
     push_to_hub: bool = _h("Upload the final adapter (the merged model with save_merged) and its model card to the "

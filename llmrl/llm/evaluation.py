@@ -130,7 +130,7 @@ def evaluate_policy(model, tok, dataset, n: int, cfg, eos_ids: list[int], accele
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + 999_983 + acc.process_index)
     bar = tqdm(total=len(rows) * (2 if num_samples else 1), desc=desc, unit="prompt", leave=leave,
-               disable=not acc.is_main_process)
+               disable=not (acc.is_main_process and getattr(cfg, "progress_bar", True)))
     was_training = model.training
     model.eval()
     try:

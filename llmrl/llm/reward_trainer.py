@@ -82,6 +82,8 @@ class RewardConfig:
     overwrite_output_dir: bool = _h("Start afresh in an output_dir that holds an earlier run (its logs and "
                                     "checkpoints are deleted); without it such a start is an error.", default=False)
     use_cpu: bool = _h("Train on the CPU even when a GPU is present.", default=False)
+    progress_bar: bool = _h("Show the progress bar over training steps.", default=True,
+                            help_off="No progress bar (for logs and batch jobs).")
     torch_threads: int = _h("CPU threads torch may use (0 = its default, one per core; 1 on a shared machine).",
                             default=0)
 
@@ -297,10 +299,7 @@ class RewardTrainer:
         from safetensors import safe_open
 
         acc = self.acc
-        state = torch.load(os.path.join(path, "trainer_state.pt"), map_location="cpu", weights_only=False)
-        if state["num_processes"] != acc.num_processes:
-            raise ValueError(f"checkpoint {path} was written by {state['num_processes']} processes, this run has "
-                             f"{acc.num_processes}: resume with the same number of processes")
+        state = ckpt.read_trainer_state(path, acc)
         with safe_open(os.path.join(path, "model.safetensors"), "pt") as f:
             saved = set(f.keys())
         trainable = {n for n, p in self.scorer.named_parameters() if p.requires_grad}
@@ -331,7 +330,8 @@ class RewardTrainer:
         history = []
         if self.eval_pairs and self.step_count == 0:
             self._log(self.evaluate(), 0)
-        bar = tqdm(total=self.max_steps, initial=self.step_count, disable=not acc.is_main_process, desc="reward")
+        bar = tqdm(total=self.max_steps, initial=self.step_count, desc="reward",
+                   disable=not (acc.is_main_process and cfg.progress_bar))
         while self.step_count < self.max_steps:
             metrics = self.step()
             done = self.step_count == self.max_steps

@@ -622,8 +622,8 @@ class GRPOTrainer:
             self.logger = RunLogger(cfg.output_dir, tensorboard=False, append=True)  # metrics.jsonl for llmrl-plot
         tracking.init_trackers(acc, cfg)  # TensorBoard (default), wandb, ... through accelerate
         history = []
-        bar = tqdm(total=cfg.max_steps, initial=self.step_count, disable=not acc.is_main_process, desc="grpo",
-                   unit="step")
+        bar = tqdm(total=cfg.max_steps, initial=self.step_count, desc="grpo", unit="step",
+                   disable=not (acc.is_main_process and cfg.progress_bar))
         with _StopOnInterrupt(acc, bar) as interrupt:
             while self.step_count < cfg.max_steps:
                 metrics, batch = self.step()

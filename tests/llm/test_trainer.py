@@ -430,3 +430,10 @@ def test_resume_keeps_the_reference_adapter(tmp_path):
     ckpt.load_checkpoint(other, ckpt.find_checkpoint(str(tmp_path), "latest"))
     got = other.reference.state_dict()
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+@pytest.mark.parametrize("progress_bar", [True, False])
+def test_progress_bar_setting(tmp_path, capsys, progress_bar):
+    tr = tiny_trainer(tmp_path, max_steps=1, progress_bar=progress_bar)
+    tr.train()
+    assert ("grpo:" in capsys.readouterr().err) == progress_bar
