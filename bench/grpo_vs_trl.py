@@ -311,8 +311,9 @@ def main():
     machine = {"machine": os.uname().nodename, "load_avg_1min": os.getloadavg()[0], **cpu_info(),
                "matmul_peak_gflops": {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}}
     print(json.dumps(machine), flush=True)
-    print(f"CPU {machine['cpu_model']}, flags {' '.join(machine['cpu_flags']) or '(none of ' + ' '.join(CPU_FLAGS) + ')'}"
-          f", --dtype auto -> {machine['dtype_auto']}, {machine['threads']} threads", flush=True)
+    flags = " ".join(machine["cpu_flags"]) or f"none of {' '.join(CPU_FLAGS)}"
+    print(f"CPU {machine['cpu_model']}, flags: {flags}; --dtype auto -> {machine['dtype_auto']}; "
+          f"{machine['threads']} threads", flush=True)
     results = {"machine": machine}
     run = None if args.skip_llmrl else run_llmrl(args)  # before the bandwidth's 2 GiB, which would set peak RSS
     machine["memory_bandwidth"] = memory_bandwidth()
