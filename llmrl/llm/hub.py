@@ -12,7 +12,6 @@ from ..utils import SetupError
 
 BUNDLED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the bundled GGUF (Q4_1) was quantized from
 _TRUE = {"1", "ON", "YES", "TRUE"}
-_TIMING = ("time", "step_time", "gen_time", "sample_time", "optimize_time", "tokens_per_s")
 
 
 def _one_line(e: BaseException) -> str:
@@ -82,6 +81,7 @@ def push_folder(folder: str, repo_id: str, private: bool | None = None) -> str:
 def _last_rows(output_dir: str) -> tuple[dict, dict]:
     """The last training metrics and the last eval/* metrics of a run's metrics.jsonl ({} when absent)."""
     from ..plot import read_metrics
+    from .trainer import TIMING_METRICS
 
     train, evaluation = {}, {}
     path = os.path.join(output_dir, "metrics.jsonl")
@@ -89,7 +89,7 @@ def _last_rows(output_dir: str) -> tuple[dict, dict]:
         if any(k.startswith("eval/") for k in row):
             evaluation = {"step": row["step"], **{k: v for k, v in row.items() if k.startswith("eval/")}}
         if "reward" in row:
-            train = {k: v for k, v in row.items() if k not in _TIMING and not k.startswith("eval/")}
+            train = {k: v for k, v in row.items() if k not in TIMING_METRICS and not k.startswith("eval/")}
     return train, evaluation
 
 

@@ -7,8 +7,9 @@ reproduces the model's own logits.
 """
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain
 
@@ -45,6 +46,15 @@ class Completions:
     ids: Tensor
     mask: Tensor
     truncated: Tensor  # (N,) bool: no EOS within max_new_tokens
+    times: dict = field(default_factory=dict)  # seconds: sampler_setup, prefill, decode
+
+
+def clock(device) -> float:
+    """time.perf_counter() once the work queued on `device` is done (CUDA runs kernels asynchronously), so that
+    the time between two clocks is the time of the work between them."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def filtered_probs(logits: Tensor, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0) -> Tensor:
@@ -133,13 +143,20 @@ def sample_completions(model, prompt_ids: Tensor, prompt_mask: Tensor, num_gener
     """G completions for each of B left-padded prompts (B, P); completion i belongs to prompt i // G.
 
     engine="auto" uses the lean Llama-family decoder (llmrl.llm.fast_decode) when it supports the model, else
-    the model's own forward ("hf")."""
-    eos = torch.tensor(eos_token_ids, device=prompt_ids.device)
+    the model's own forward ("hf"). The result's `times` holds the seconds of each phase: the decoder's setup
+    (LoRA folded into the weights), the prefill, and the decode loop (its first token's LM head included)."""
+    dev = prompt_ids.device
+    eos = torch.tensor(eos_token_ids, device=dev)
     next_token = lambda logits: sample_token(logits, temperature, top_p, top_k, generator)  # noqa: E731
     B, P = prompt_ids.shape
+    t0 = clock(dev)
     run, head, cache = decoder_for(model, engine, B, P + max_new_tokens)
+    t1 = clock(dev)
     prefix = prefill(run, prompt_ids, prompt_mask, num_generations, cache)
-    return finish(decode_loop(run, head, prefix, max_new_tokens, next_token, eos, pad_token_id), eos, pad_token_id)
+    t2 = clock(dev)
+    comp = finish(decode_loop(run, head, prefix, max_new_tokens, next_token, eos, pad_token_id), eos, pad_token_id)
+    comp.times = {"sampler_setup": t1 - t0, "prefill": t2 - t1, "decode": clock(dev) - t2}
+    return comp
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -34,7 +35,12 @@ from .logprobs import completion_logprobs, completion_logprobs_naive
 from .model import LoraSettings, add_lora, load_adapter, load_policy, lora_targets, resolve_dtype
 from .reference import ReferencePolicy
 from .rewards import required_columns, resolve_reward_functions, score_completions
-from .sampling import check_logits_path, decode_completions, sample_completions, tokenize_prompts
+from .sampling import check_logits_path, clock, decode_completions, sample_completions, tokenize_prompts
+
+# The metrics that are wall times (or rates of them): two runs of the same training differ in these only.
+# time/* split gen_time into phases: the sampler's setup, prefill, decode, the reference forward.
+TIMING_METRICS = ("time", "tokens_per_s", "step_time", "gen_time", "sample_time", "optimize_time",
+                  "time/sampler_setup", "time/prefill", "time/decode", "time/reference")
 
 
 @dataclass
@@ -321,8 +327,10 @@ class GRPOTrainer:
             batch.loss_mask = batch.completion_mask * ~batch.info["truncated"][:, None]
         t_sampled = time.perf_counter()
         # 4. reference log-probs; with kl_in = "reward", r_i <- r_i - beta * sum_t KL_t (log pi of the policy now)
+        t_ref = clock(self.acc.device)
         if beta > 0:
             batch.ref_logp = self._reference_logprobs(batch)
+        batch.info["times"]["reference"] = clock(self.acc.device) - t_ref
         scores, kl = batch.rewards, None
         if beta_reward > 0:
             logp = torch.cat([self._logp_of(self.policy, batch, sl)[0] for sl in self._micro_batches(len(batch))])
@@ -373,7 +381,7 @@ class GRPOTrainer:
                             torch.arange(len(rows), device=dev).repeat_interleave(G), rewards,
                             torch.zeros(len(texts), device=dev), beta_loss=beta_loss,
                             info={"prompts": prompts, "texts": texts, "per_func": per_func,
-                                  "truncated": comp.truncated, "raw_rewards": total})
+                                  "truncated": comp.truncated, "raw_rewards": total, "times": comp.times})
 
     def _dynamic_sampling(self, batch: RolloutBatch, beta_loss: float) -> RolloutBatch:
         """DAPO's dynamic sampling (Yu et al. 2025): drop the groups whose rewards are all equal (their advantages
@@ -382,6 +390,7 @@ class GRPOTrainer:
         `dynamic_sampling_max_rounds` extra rounds the batch is filled up with dropped groups (counted in logs)."""
         cfg, B, G = self.cfg, len(batch.prompt_ids), self.cfg.num_generations
         kept, dropped, rounds = [], [], 0
+        times = Counter(batch.info["times"])  # of every round's sampling
         while True:
             flat = objectives.zero_std_groups(batch.rewards, G).tolist()
             kept.append(batch.select_groups([i for i, z in enumerate(flat) if not z], G))
@@ -395,6 +404,7 @@ class GRPOTrainer:
             rows = [self.train_dataset[i] for i in self.sampler.next()]  # every process advances the data order
             if sum(len(b.prompt_ids) for b in kept) < B:
                 batch = self._generate(rows, beta_loss)
+                times.update(batch.info["times"])
             else:  # full already: no sampling, only the other processes' round
                 batch = batch.select_groups([], G)
         good = RolloutBatch.concat([b for b in kept if len(b.prompt_ids)] or kept[:1], self.tok.pad_token_id)
@@ -405,7 +415,7 @@ class GRPOTrainer:
             spare = RolloutBatch.concat([b for b in dropped if len(b.prompt_ids)], self.tok.pad_token_id)
             parts.append(spare.select_groups(list(range(filled)), G))
         out = RolloutBatch.concat(parts, self.tok.pad_token_id)
-        out.info.update(dynamic_sampling_rounds=rounds, dynamic_sampling_filled_groups=filled,
+        out.info.update(times=dict(times), dynamic_sampling_rounds=rounds, dynamic_sampling_filled_groups=filled,
                         dynamic_sampling_dropped_groups=sum(len(b.prompt_ids) for b in dropped))
         return out
 
@@ -577,6 +587,7 @@ class GRPOTrainer:
                   "gen_time": rollout_time, "sample_time": batch.info["sample_time"],
                   "optimize_time": stats["optimize_time"], "learning_rate": self.sched.get_last_lr()[0],
                   "skipped_updates": stats["skipped_updates"]})
+        m.update({f"time/{k}": v for k, v in batch.info["times"].items()})  # this process's phases of gen_time
         return m
 
     def _log_completions(self, batch: RolloutBatch, step: int) -> None:

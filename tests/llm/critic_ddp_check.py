@@ -14,7 +14,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from llmrl.llm.trainer import RolloutBatch  # noqa: E402
+from llmrl.llm.trainer import TIMING_METRICS, RolloutBatch  # noqa: E402
 from tests.llm.tiny import tiny_trainer  # noqa: E402
 
 out = sys.argv[1]
@@ -35,7 +35,8 @@ def fixed_batch(tr, step: int) -> RolloutBatch:
     mine = slice(rank * B * G, (rank + 1) * B * G)
     width = int(cmask[mine].sum(-1).max())  # right-padded to the longest completion of this share only
     info = {"prompts": TEXTS[rank * B:(rank + 1) * B], "texts": ["-"] * (B * G), "per_func": {"fixed": rewards[mine]},
-            "truncated": torch.zeros(B * G, dtype=torch.bool), "raw_rewards": rewards[mine]}
+            "truncated": torch.zeros(B * G, dtype=torch.bool), "raw_rewards": rewards[mine],
+            "times": {}}  # no sampler ran: no phase times
     return RolloutBatch(ids, mask, comp[mine, :width], cmask[mine, :width], torch.arange(B).repeat_interleave(G),
                         rewards[mine].clone(), torch.zeros(B * G), info=info)
 
@@ -54,7 +55,7 @@ def run(estimator: str):
     for _ in range(2):
         m, batch = tr.step()
         advantages.append(batch.advantages)
-        metrics.append({k: v for k, v in m.items() if not k.endswith("_time") and k != "tokens_per_s"})
+        metrics.append({k: v for k, v in m.items() if k not in TIMING_METRICS})
     trained = lambda model: {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}  # noqa: E731
     torch.save({"advantages": advantages, "metrics": metrics, "policy": trained(tr.model),
                 "critic": trained(tr.critic.model) if tr.critic is not None else {}},

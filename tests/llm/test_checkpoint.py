@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from llmrl.llm import checkpoint as ckpt
+from llmrl.llm.trainer import TIMING_METRICS
 from tests.llm.tiny import save_tiny, tiny_dataset, tiny_trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TIMING = {"time", "tokens_per_s", "step_time", "gen_time", "sample_time", "optimize_time"}
 
 
 def _run(model_dir, data, out, *flags, wait=True):
@@ -28,7 +28,8 @@ def _run(model_dir, data, out, *flags, wait=True):
 
 
 def _metrics(out):
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in open(f"{out}/metrics.jsonl")]
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_METRICS}
+            for line in open(f"{out}/metrics.jsonl")]
 
 
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):

@@ -14,11 +14,10 @@ from llmrl.llm.config import GRPOConfig
 from llmrl.llm.critic import Critic, completion_values
 from llmrl.llm.logprobs import completion_logprobs_naive
 from llmrl.llm.reward_model import score_parts
+from llmrl.llm.trainer import TIMING_METRICS
 from tests.llm.test_reward_model import own_score
 from tests.llm.tiny import dies_after, tiny_dataset, tiny_model, tiny_reward_model, tiny_trainer
 from tests.objectives.test_token_advantages import _gae_by_hand, _whiten_by_hand
-
-TIMING = {"time", "tokens_per_s", "step_time", "gen_time", "sample_time", "optimize_time"}
 
 
 def _rollout(tr):
@@ -244,8 +243,8 @@ def test_resume_with_a_critic_equals_an_uninterrupted_run(tmp_path):
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
     def metrics(run):
-        return [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in open(tmp_path / run /
-                                                                                        "metrics.jsonl")]
+        return [{k: v for k, v in json.loads(x).items() if k not in TIMING_METRICS}
+                for x in open(tmp_path / run / "metrics.jsonl")]
     assert metrics("a") == metrics("b") and [m["step"] for m in metrics("a")] == [1, 2, 3, 4]
     assert {"critic/value_loss", "critic/values_mean", "critic/grad_norm"} <= set(metrics("a")[0])
     rows = [json.loads(x) for x in open(tmp_path / "a" / "completions.jsonl")]

@@ -13,9 +13,8 @@ import torch
 
 from llmrl.llm import rewards
 from llmrl.llm.evaluation import pass_at_k
+from llmrl.llm.trainer import TIMING_METRICS
 from tests.llm.tiny import length_reward, save_tiny, tiny_dataset, tiny_trainer
-
-TIMING = {"time", "tokens_per_s", "step_time", "gen_time", "sample_time", "optimize_time"}
 
 
 # ----------------------------------------------------------------------------- the estimator
@@ -124,7 +123,7 @@ def test_evaluation_during_training_is_logged_and_leaves_training_bit_identical(
         runs[name] = (tr, [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")])
     (plain, plain_rows), (ev, ev_rows) = runs["plain"], runs["eval"]
     assert all(torch.equal(a, b) for a, b in zip(plain.model.parameters(), ev.model.parameters()))
-    assert _without(plain_rows, TIMING) == _without(ev_rows, TIMING)
+    assert _without(plain_rows, TIMING_METRICS) == _without(ev_rows, TIMING_METRICS)
     assert [r["step"] for r in ev_rows if "eval/accuracy" in r] == [2, 4, 5]
     assert all({"eval/pass@1", "eval/pass@2"} <= set(r) for r in ev_rows if "eval/accuracy" in r)
     acc = EventAccumulator(str(tmp_path / "eval" / "tb"))

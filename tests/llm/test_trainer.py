@@ -4,13 +4,16 @@ the non-finite guard, and the logs it writes."""
 import json
 import math
 import os
+import time
 
 import pytest
 import torch
 
 from llmrl import objectives as O
 from llmrl.llm.config import GRPOConfig
+from llmrl.llm import sampling
 from llmrl.llm.logprobs import completion_logprobs_naive
+from llmrl.llm.trainer import TIMING_METRICS
 from tests.llm.tiny import length_reward, tiny_dataset, tiny_model, tiny_trainer
 
 
@@ -140,6 +143,47 @@ def test_no_reference_forward_at_beta_zero(tmp_path):
     tr._reference_logprobs = lambda r: calls.append(1)
     metrics, r = tr.step()
     assert not calls and r.ref_logp is None and "kl" not in metrics
+
+
+def _slowed(fn, seconds: float):
+    def slow(*a, **k):
+        time.sleep(seconds)
+        return fn(*a, **k)
+    return slow
+
+
+PHASES = {"time/sampler_setup": 0.05, "time/prefill": 0.1, "time/decode": 0.2, "time/reference": 0.3}
+
+
+def _slow_phases(tr, monkeypatch) -> None:
+    """Each phase made slower by its own PHASES delay, so that a timer around the wrong code shows."""
+    monkeypatch.setattr(sampling, "decoder_for", _slowed(sampling.decoder_for, PHASES["time/sampler_setup"]))
+    monkeypatch.setattr(sampling, "prefill", _slowed(sampling.prefill, PHASES["time/prefill"]))
+    monkeypatch.setattr(sampling, "decode_loop", _slowed(sampling.decode_loop, PHASES["time/decode"]))
+    tr._reference_logprobs = _slowed(tr._reference_logprobs, PHASES["time/reference"])
+
+
+def test_phase_times_cover_their_phase_and_fit_in_the_step(tmp_path, monkeypatch):
+    tr = tiny_trainer(tmp_path, beta=0.04)
+    _slow_phases(tr, monkeypatch)
+    m, _ = tr.step()
+    assert {k for k in m if k.startswith("time/")} == set(PHASES) == {k for k in TIMING_METRICS if "/" in k}
+    assert all(m[k] >= delay for k, delay in PHASES.items())
+    sampling_phases = m["time/sampler_setup"] + m["time/prefill"] + m["time/decode"]
+    assert sampling_phases <= m["sample_time"]
+    assert sampling_phases + m["time/reference"] <= m["gen_time"]
+    assert m["gen_time"] + m["optimize_time"] <= m["step_time"]
+
+
+def test_phase_times_add_up_over_dynamic_sampling_rounds(tmp_path, monkeypatch):
+    def constant(prompts, completions, answer, **kw):  # every group ties: dynamic sampling takes all its rounds
+        return [1.0] * len(completions)
+    tr = tiny_trainer(tmp_path, reward_funcs=[constant], dynamic_sampling=True, dynamic_sampling_max_rounds=2)
+    _slow_phases(tr, monkeypatch)
+    m, batch = tr.step()
+    assert batch.info["dynamic_sampling_rounds"] == 2
+    assert m["time/decode"] >= 3 * PHASES["time/decode"] and m["time/prefill"] >= 3 * PHASES["time/prefill"]
+    assert m["time/sampler_setup"] + m["time/prefill"] + m["time/decode"] <= m["sample_time"]
 
 
 def test_num_iterations_uses_log_probs_from_before_the_update(tmp_path, monkeypatch):
