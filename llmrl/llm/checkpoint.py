@@ -27,6 +27,11 @@ def list_checkpoints(output_dir: str) -> list[str]:
     return [os.path.join(output_dir, d) for _, d in sorted(found)]
 
 
+def _step_of(path: str) -> int | None:
+    m = _NAME.match(os.path.basename(os.path.normpath(path)))
+    return int(m.group(1)) if m else None
+
+
 def find_checkpoint(output_dir: str, resume: str) -> str:
     """'latest' -> the newest complete checkpoint in output_dir; otherwise `resume` is the checkpoint path."""
     if resume == "latest":
@@ -37,6 +42,25 @@ def find_checkpoint(output_dir: str, resume: str) -> str:
     if not os.path.isfile(os.path.join(resume, "trainer_state.pt")):
         raise FileNotFoundError(f"resume={resume!r} is not a checkpoint directory (no trainer_state.pt in it)")
     return resume
+
+
+def run_settings(path: str) -> tuple[str, dict] | None:
+    """The settings of the llmrl run that wrote `path` (a run directory, or its checkpoint-N/, final/ or
+    checkpoint-N/adapter/): (its config.json path, the settings), or None where no run's config.json is found (a
+    plain peft or model directory: a model's own config.json holds no run settings)."""
+    d = os.path.normpath(path)
+    for _ in range(3):
+        file = os.path.join(d, "config.json")
+        if os.path.isfile(file):
+            with open(file) as f:
+                try:
+                    settings = json.load(f)
+                except json.JSONDecodeError:
+                    return None
+            if isinstance(settings, dict) and "num_generations" in settings and "output_dir" in settings:
+                return file, settings
+        d = os.path.dirname(d)
+    return None
 
 
 BEST_FILE = "best_checkpoint.json"
@@ -78,6 +102,11 @@ def check_resume(cfg) -> tuple[str, dict]:
     """Before anything is loaded: the checkpoint `cfg.resume` names, and the settings that differ from the ones it
     was written with ({name: (old, new)}); a change to a setting in FIXED_ON_RESUME is refused by name."""
     path = find_checkpoint(cfg.output_dir, cfg.resume)
+    step = _step_of(path)
+    later = [c for c in list_checkpoints(cfg.output_dir) if step is not None and _step_of(c) > step]
+    if later:  # its metrics would be cut back while the newer checkpoints stay, and 'latest' would pick them later
+        raise ValueError(f"resume: {path} is older than {later[-1]} in {cfg.output_dir}; move the newer "
+                         f"checkpoint(s) out of the run directory first, or resume from latest")
     with open(os.path.join(path, "config.json")) as f:
         old = json.load(f)
     new = config_dict(cfg)

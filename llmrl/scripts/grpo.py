@@ -18,6 +18,8 @@ for a hub or bundled model), under a label naming the adapter or model, the data
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -29,6 +31,12 @@ from ..llm.trainer import GRPOTrainer
 from ..utils import cli_main, flag_given, parse_config
 
 EVAL_ONLY_EXAMPLES = 200
+# What a trained adapter brings from the run that trained it when the command line does not say otherwise: its base
+# model (for training on from it and for evaluation), and for evaluation the prompts and decoding of that run.
+FROM_ADAPTER_RUN = ("model", "dtype")
+FROM_ADAPTER_RUN_FOR_EVAL = FROM_ADAPTER_RUN + (
+    "dataset", "dataset_config", "eval_dataset", "eval_split", "prompt_column", "system_prompt", "max_new_tokens",
+    "temperature", "top_p", "top_k", "eval_reward", "eval_pass_k", "eval_num_samples")
 
 
 @dataclass
@@ -43,8 +51,9 @@ def main(argv=None) -> dict:
     """Train (or with --eval_only, evaluate); returns the evaluation results by label."""
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg, args = parse_config((GRPOConfig, RecipeArgs), argv)
+    cfg, args = parse_config((GRPOConfig, RecipeArgs), argv, defaults=run_defaults(cfg, args.eval_only))
     if args.eval_only:
-        return evaluate_only(cfg, output_dir_given=flag_given(argv, "output_dir"))
+        return evaluate_only(cfg, argv)
     # Everything that can refuse the run comes before the before-evaluation: the eval set here (before the model
     # loads), the output directory and the training set in the trainer's constructor, the hub just after.
     eval_set = load_eval_dataset(cfg, load_tokenizer(cfg.model)) if cfg.eval_examples else None
@@ -75,8 +84,9 @@ def main(argv=None) -> dict:
                   f"{os.path.join(cfg.output_dir, trainer.best['checkpoint'])}", flush=True)
         if "before" in results and "after" in results:
             b, a = results["before"], results["after"]
+            steps = f"{trainer.step_count} step" + ("" if trainer.step_count == 1 else "s")
             print(f"greedy accuracy on {a['n']} held-out questions: {b['accuracy']:.3f} before training -> "
-                  f"{a['accuracy']:.3f} after {trainer.step_count} steps", flush=True)
+                  f"{a['accuracy']:.3f} after {steps}", flush=True)
     trainer.close()
     return results
 
@@ -84,11 +94,40 @@ def main(argv=None) -> dict:
 def evaluate_main(argv=None) -> dict:
     """`llmrl eval`: the GRPO flags, evaluation only."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = parse_config(GRPOConfig, argv)
-    return evaluate_only(cfg, output_dir_given=flag_given(argv, "output_dir"))
+    cfg = parse_config(GRPOConfig, argv, defaults=run_defaults(parse_config(GRPOConfig, argv), evaluation=True))
+    return evaluate_only(cfg, argv)
 
 
-def evaluate_only(cfg: GRPOConfig, output_dir_given: bool) -> dict:
+def run_defaults(cfg: GRPOConfig, evaluation: bool = False) -> dict:
+    """Settings the command line did not give, from the run it continues: on --resume every setting of the run
+    (its checkpoint's config.json; flags given now win and are checked by the trainer), with --adapter the
+    FROM_ADAPTER_RUN settings of the run that trained the adapter, when it was an llmrl run. Printed when used."""
+    from ..llm import checkpoint as ckpt
+
+    if cfg.resume and not evaluation:
+        found = (os.path.join(ckpt.find_checkpoint(cfg.output_dir, cfg.resume), "config.json"), None)
+        with open(found[0]) as f:
+            settings = json.load(f)
+        keep = [k for k in settings if k != "resume"]
+    elif cfg.adapter:
+        found = ckpt.run_settings(cfg.adapter)
+        if found is None:
+            return {}
+        settings = found[1]
+        keep = FROM_ADAPTER_RUN_FOR_EVAL if evaluation else FROM_ADAPTER_RUN
+    else:
+        return {}
+    fields = {f.name for f in dataclasses.fields(GRPOConfig) if f.init}
+    defaults = {k: settings[k] for k in keep if k in settings and k in fields}
+    plain = GRPOConfig()
+    differ = {k: v for k, v in defaults.items() if v != getattr(plain, k, None) and k != "output_dir"}
+    if differ:
+        shown = ", ".join(f"{k} {v!r}" for k, v in list(differ.items())[:8]) + (", ..." if len(differ) > 8 else "")
+        print(f"settings not given on the command line come from {found[0]}: {shown}", flush=True)
+    return defaults
+
+
+def evaluate_only(cfg: GRPOConfig, argv: list[str]) -> dict:
     """Evaluate the model (with the adapter) that cfg names; the results are merged into eval.json beside the
     adapter or model directory (into output_dir when it was given, or when the model is on the hub)."""
     import torch
@@ -102,7 +141,11 @@ def evaluate_only(cfg: GRPOConfig, output_dir_given: bool) -> dict:
         raise ValueError("--eval_only uploads nothing: drop --push_to_hub (upload a run's final/ with "
                          "`hf upload REPO DIR`)")
     if cfg.eval_examples == 0:
+        if flag_given(argv, "eval_examples"):
+            raise ValueError("eval_examples 0 skips evaluation, and evaluation is all this command does: pass "
+                             f"--eval_examples N >= 1 (default {EVAL_ONLY_EXAMPLES})")
         cfg.eval_examples = EVAL_ONLY_EXAMPLES
+    output_dir_given = flag_given(argv, "output_dir")
     adapter = os.path.normpath(cfg.adapter) if cfg.adapter else None
     if adapter:
         find_adapter_dir(adapter)  # a wrong path is a one-line error before anything loads

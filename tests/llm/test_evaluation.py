@@ -318,3 +318,42 @@ def test_two_processes_split_the_questions_and_sum_the_counts(tmp_path, tiny_set
     file_one = json.load(open(tmp_path / "one" / "eval.json"))[label_one]["samples_file"]
     greedy_one = [json.loads(line)["completion"] for line in open(tmp_path / "one" / file_one)]
     assert sorted(s["completion"] for s in samples) == sorted(greedy_one)  # the same greedy completions
+
+
+def test_resume_and_adapter_take_the_run_settings_the_command_line_leaves_out(tmp_path, tiny_setup, capsys):
+    """`--resume latest --output_dir R` continues R with R's settings (only the flags given change); `eval` and
+    `grpo --adapter R/final` take the base model (and eval the prompts and decoding) of the run that trained it."""
+    model_dir, flags = tiny_setup
+    run = tmp_path / "run"
+    i = flags.index("--max_new_tokens")
+    flags = flags[:i] + flags[i + 2:] + ["--max_completion_length", "5"]  # a TRL name in the saved settings
+    _recipe(*flags, "--learning_rate", "3e-3", "--beta", "0.05", "--output_dir", str(run), "--max_steps", "1",
+            "--no_eval_before")
+    capsys.readouterr()
+    _recipe("--resume", "latest", "--output_dir", str(run), "--max_steps", "2", "--eval_examples", "0")
+    out = capsys.readouterr().out
+    assert f"come from {run}/checkpoint-1/config.json: model {model_dir!r}" in out
+    saved = json.load(open(run / "config.json"))
+    assert (saved["model"], saved["learning_rate"], saved["beta"], saved["max_new_tokens"], saved["max_steps"]) == \
+        (model_dir, 3e-3, 0.05, 5, 2)
+    assert [json.loads(x)["step"] for x in open(run / "metrics.jsonl")] == [1, 2]
+    with pytest.raises(ValueError, match=r"resume: num_generations is 2 but .* was written with 4; .*drop "
+                                         r"--num_generations"):
+        _recipe("--resume", "latest", "--output_dir", str(run), "--max_steps", "3", "--num_generations", "2")
+    # eval of the adapter without --model: the run's model (tiny, not the bundled one), data and prompts
+    res = _recipe("--eval_only", "--adapter", str(run / "final"), "--eval_examples", "2")
+    assert [v["n"] for v in res.values()] == [2]
+    assert f"come from {run}/config.json: model {model_dir!r}" in capsys.readouterr().out
+    assert json.load(open(run / "final" / "eval.json"))[next(iter(res))]["model"] == model_dir
+    with pytest.raises(ValueError, match="eval_examples 0 skips evaluation"):
+        _recipe("--eval_only", "--adapter", str(run / "final"), "--eval_examples", "0")
+
+
+def test_resume_from_an_older_checkpoint_than_the_run_holds_is_refused(tmp_path, tiny_setup):
+    model_dir, flags = tiny_setup
+    run = tmp_path / "run"
+    _recipe(*flags, "--output_dir", str(run), "--max_steps", "2", "--save_total_limit", "3", "--eval_examples", "0")
+    metrics = (run / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match=r"checkpoint-1 is older than .*checkpoint-2 in .*; move the newer"):
+        _recipe("--resume", str(run / "checkpoint-1"), "--output_dir", str(run), "--max_steps", "3")
+    assert (run / "metrics.jsonl").read_text() == metrics
