@@ -1,6 +1,7 @@
 """Checkpoints that survive SIGKILL: everything needed to continue a run bit-for-bit (adapter or model weights,
 optimizer, scheduler, KL controller, the critic with a per-token estimator, every RNG, data position, step),
-written to a temporary directory and renamed into place, so a checkpoint directory either exists whole or not at all. The last K are kept.
+written to a temporary directory and renamed into place, so a checkpoint directory either exists whole or not at
+all. The last K are kept.
 
 Under an engine that partitions model or optimizer state (FSDP2, DeepSpeed) every process writes its part of the
 model and optimizer through accelerate's save_state (in ENGINE_STATE); the rest is the same for every engine."""
