@@ -650,7 +650,8 @@ class GRPOTrainer:
                     bar.close()
                     if acc.is_main_process:
                         print(f"interrupted: checkpoint-{self.step_count} saved in {cfg.output_dir}; continue with "
-                              f"--resume latest", flush=True)
+                              f"--resume latest --output_dir {cfg.output_dir} (the run's other settings are "
+                              f"kept)", flush=True)
                     raise KeyboardInterrupt
         bar.close()
         if acc.is_main_process and self.logger is not None:
