@@ -2,7 +2,6 @@
 one exists), validated at construction with one-line errors. Recipes parse it from the command line."""
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from dataclasses import dataclass, field, fields
@@ -11,6 +10,7 @@ from ..objectives.advantages import SCALES, SEQUENCE_ESTIMATORS, TOKEN_ESTIMATOR
 from ..objectives.kl import KL_ESTIMATORS, KL_GRADIENTS
 from ..objectives.losses import LOSS_TYPES
 from .rewards import resolve_reward_functions
+from .tracking import check_tracker_packages
 
 ADVANTAGES = SEQUENCE_ESTIMATORS + TOKEN_ESTIMATORS
 OPTIMIZERS = ("adamw", "trpo", "npg")
@@ -376,11 +376,7 @@ class GRPOConfig:
         need(self.torch_threads >= 0, f"torch_threads must be >= 0, got {self.torch_threads}")
         need(self.save_total_limit >= 1, f"save_total_limit must be >= 1, got {self.save_total_limit}")
         need(self.max_nonfinite_steps >= 1, f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
-        # accelerate drops a tracker whose package is missing without a word
-        for tracker in [self.report_to] if isinstance(self.report_to, str) else self.report_to:
-            need(tracker in ("none", "all") or importlib.util.find_spec(tracker) is not None,
-                 f"report_to {tracker!r} needs the {tracker} package: pip install {tracker} (for wandb: "
-                 f"pip install 'llmrl[wandb]'), or drop it from report_to")
+        check_tracker_packages(self.report_to, "GRPOConfig")
         # --- evaluation ---
         need(self.eval_examples >= 0, f"eval_examples must be >= 0, got {self.eval_examples}")
         need(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}")

@@ -28,6 +28,7 @@ from .config import _h
 from .data import PromptSampler, check_columns, load_prompt_dataset
 from .model import LoraSettings, lora_targets, resolve_dtype
 from .reward_model import ScoreModel, add_reward_lora, load_reward_model, pad_sequences, tokenize_conversation
+from .tracking import check_tracker_packages, check_wandb_login
 
 
 @dataclass
@@ -92,6 +93,9 @@ class RewardConfig:
             if not ok:
                 raise ValueError(f"RewardConfig: {msg}")
 
+        if isinstance(self.report_to, str):  # as TRL: one tracker name as a string
+            self.report_to = [self.report_to]
+        check_tracker_packages(self.report_to, "RewardConfig")
         need(self.lora_r >= 0, f"lora_r must be >= 0, got {self.lora_r}")
         need(self.dtype in ("auto", "float32", "bfloat16"),
              f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
@@ -137,6 +141,7 @@ class RewardTrainer:
         from transformers import get_scheduler
 
         cfg = self.cfg = config
+        check_wandb_login(cfg.report_to)
         report_to = [t for t in cfg.report_to if t != "none"]
         no_gpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
         self.acc = acc = accelerator or Accelerator(cpu=cfg.use_cpu or no_gpu, log_with=report_to or None,
