@@ -438,3 +438,21 @@ def test_preference_data_refuses_to_replace_earlier_pairs_before_loading_anythin
     assert (tmp_path / "train.jsonl").read_text().startswith('{"prompt": "p"')
     with pytest.raises(FileNotFoundError, match="does not exist"):  # with the flag it goes on (to the model)
         preference_data.main(argv + ["--overwrite_output_dir"])
+
+
+def test_preference_data_without_a_training_pair_is_refused_and_writes_nothing(tmp_path, monkeypatch):
+    from llmrl.llm import preference_data, rewards
+    monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "never", lambda prompts, completions, **kw: [0.0] * len(completions))
+    data = tmp_path / "data"
+    data.mkdir()
+    tiny_dataset(8).to_json(data / "train.jsonl")
+    tiny_dataset(8).to_json(data / "test.jsonl")
+    out = tmp_path / "pairs"
+    with pytest.raises(ValueError, match=r"no train pair \(none of the 2 questions had both an accepted and a "
+                                         r"rejected completion among its 2\); nothing written; raise --num_prompts, "
+                                         r"--num_generations or --max_new_tokens, or use looser --reward_funcs"):
+        preference_data.main(["--model", save_tiny(tmp_path / "model"), "--dataset", str(data), "--output_dir",
+                              str(out), "--reward_funcs", "never", "--num_prompts", "2", "--num_test_prompts", "2",
+                              "--num_generations", "2", "--max_new_tokens", "2", "--system_prompt", "",
+                              "--dtype", "float32", "--torch_threads", "1"])
+    assert not out.exists()
