@@ -456,3 +456,20 @@ def test_preference_data_without_a_training_pair_is_refused_and_writes_nothing(t
                               "--num_generations", "2", "--max_new_tokens", "2", "--system_prompt", "",
                               "--dtype", "float32", "--torch_threads", "1"])
     assert not out.exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"prompt": "p", "chosen": "a"}\n', "no column 'rejected'"),
+    ("", r"pairs\.jsonl is empty"),
+    ('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": \n', "line 2"),
+])
+def test_reward_model_reports_a_bad_dataset_before_loading_the_model(tmp_path, text, message):
+    from llmrl.scripts import reward_model
+    (tmp_path / "pairs.jsonl").write_text(text)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\n')  # an earlier run, kept until the data reads
+    with pytest.raises(ValueError, match=message):  # the model does not exist: loading it would fail first
+        reward_model.main(["--model", str(tmp_path / "no_such_model"), "--dataset", str(tmp_path / "pairs.jsonl"),
+                           "--output_dir", str(tmp_path / "run"), "--overwrite_output_dir", "--report_to", "none",
+                           "--torch_threads", "1"])
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 1}\n'
