@@ -14,6 +14,11 @@ from .tracking import check_tracker_packages
 
 ADVANTAGES = SEQUENCE_ESTIMATORS + TOKEN_ESTIMATORS
 OPTIMIZERS = ("adamw", "trpo", "npg")
+# what only AdamW uses (a critic, advantage=gae, trains with AdamW under these too, except the clip range)
+ADAMW_SETTINGS = ("learning_rate", "lr_scheduler", "warmup_steps", "warmup_ratio", "weight_decay", "adam_beta1",
+                  "adam_beta2", "max_grad_norm", "clip_low", "clip_high")
+LINE_SEARCH_SETTINGS = ("backtrack_iters", "backtrack_coef", "accept_ratio")  # trpo's alone
+TRUST_REGION_SETTINGS = ("max_kl", "cg_iters", "cg_damping") + LINE_SEARCH_SETTINGS
 
 
 REWARD_MODEL = "reward_model"  # the name of the --reward_model reward among reward_funcs
@@ -330,6 +335,7 @@ class GRPOConfig:
         need(critic or self.critic_learning_rate is None,
              f"critic_learning_rate is set but advantage={self.advantage} trains no critic: use advantage=gae or "
              f"drop it")
+        critic_lr_given = self.critic_learning_rate is not None
         if critic and self.critic_learning_rate is None:
             self.critic_learning_rate = self.learning_rate
         need(self.critic_learning_rate is None or self.critic_learning_rate > 0,
@@ -359,6 +365,17 @@ class GRPOConfig:
                                          f"random: set lora_dropout=0, got {self.lora_dropout}")
             need(self.entropy_coef == 0, f"{opt} steps on the surrogate alone within the trust region: set "
                                          f"entropy_coef=0 (the entropy bonus needs optimizer=adamw)")
+        # a setting the chosen optimizer has no use for is refused, not ignored
+        if self.optimizer == "adamw":
+            unused = TRUST_REGION_SETTINGS
+        else:
+            unused = (LINE_SEARCH_SETTINGS if self.optimizer == "npg" else ()) + \
+                (ADAMW_SETTINGS if not critic else  # the critic trains with AdamW
+                 (("learning_rate",) if critic_lr_given else ()) + ("clip_low", "clip_high"))
+        defaults = {f.name: f.default for f in fields(self)}
+        changed = [f"{name} ({getattr(self, name)!r})" for name in unused if getattr(self, name) != defaults[name]]
+        need(not changed, f"optimizer={self.optimizer} does not use {', '.join(changed)}; drop "
+                          f"{'it' if len(changed) == 1 else 'them'}")
         if self.reward_funcs is not None:  # names resolve (and weights count) here; functions at the trainer
             rules = [n for n in self.reward_funcs if n != REWARD_MODEL]
             need(self.reward_weights is None or len(self.reward_weights) == len(self.reward_funcs),
