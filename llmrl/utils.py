@@ -4,6 +4,7 @@ as flags, one-line errors), seeding, atomic file writes, run directories, and a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -31,6 +32,24 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ConnectionError, 
 
 def _one_line(message: str) -> str:
     return " ".join(str(message).split())
+
+
+_commands: list[str] = []  # the `llmrl COMMAND` being run (llmrl.cli sets it): the usage line of its --help
+
+
+@contextlib.contextmanager
+def running_command(name: str):
+    """While the block runs, `program_name()` is `name` (the usage line of a --help and of argparse's errors)."""
+    _commands.append(name)
+    try:
+        yield
+    finally:
+        _commands.pop()
+
+
+def program_name() -> str | None:
+    """The `llmrl COMMAND` being run, or None (argparse then names the script)."""
+    return _commands[-1] if _commands else None
 
 
 def _config_parser(classes: Sequence[type], defaults: dict[str, Any] | None):
@@ -63,7 +82,7 @@ def _config_parser(classes: Sequence[type], defaults: dict[str, Any] | None):
         def error(self, message):  # argparse prints its usage block first: one line is enough
             fail(message)
 
-    parser = ConfigParser(list(classes), allow_abbrev=False)
+    parser = ConfigParser(list(classes), allow_abbrev=False, prog=program_name())
     if defaults:
         known = {a.dest for a in parser._actions}
         unknown = sorted(set(defaults) - known)
