@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import difflib
 import json
+import logging
 import os
 import random
 import secrets
@@ -171,10 +172,25 @@ def parse_config(cls: type | tuple[type, ...], argv: Sequence[str] | None = None
     return configs if isinstance(cls, tuple) else configs[0]
 
 
+class _DeepSpeedCPUNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Setting accelerator to CPU")
+
+
+def quiet_deepspeed_cpu_notice() -> None:
+    """Drop DeepSpeed's "Setting accelerator to CPU ..." warning. When DeepSpeed is installed, accelerate and
+    transformers import it at every model unwrap and save (accelerate's extract_model_from_parallel), in runs that do
+    not use it too, and on a machine without a GPU it logs that line in the middle of the progress bars."""
+    logger = logging.getLogger("DeepSpeed")  # the logger deepspeed.utils.logging creates (and keeps the filters of)
+    if not any(isinstance(f, _DeepSpeedCPUNotice) for f in logger.filters):
+        logger.addFilter(_DeepSpeedCPUNotice())
+
+
 def cli_main(main: Callable[[], Any]) -> None:
     """Run a recipe's `main()`. A user's mistake (USER_ERRORS: a ValueError, FileNotFoundError, FileExistsError,
     ConnectionError or SetupError from our validation) ends in one line `error: MESSAGE` on stderr and exit code 2, Ctrl-C in `interrupted` and 130; any
     other exception is a bug and keeps its traceback. LLMRL_DEBUG=1 shows the traceback of user errors too."""
+    quiet_deepspeed_cpu_notice()
     try:
         main()
     except USER_ERRORS as e:
