@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from .utils import cli_main, close_flags, fail
+from .utils import cli_main, close_flags, fail, running_command
 
 # subcommand -> (module, function, what it does)
 COMMANDS = {
@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None):
         fail(f"unknown command {command!r}" + (f"; did you mean {' or '.join(close)}?" if close else "") +
              f" (commands: {', '.join(COMMANDS)})")
     module, function, _ = COMMANDS[command]
-    return getattr(importlib.import_module(module), function)(rest)
+    with running_command(f"llmrl {command}"):
+        return getattr(importlib.import_module(module), function)(rest)
 
 
 def run() -> None:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from .utils import cli_main, fail, program_name
 
 # "rewards/" stands for every rewards/* key, "eval/" for every eval/* key
 LLM_KEYS = ("reward", "rewards/", "kl", "completion_length", "loss", "eval/")
@@ -182,17 +183,21 @@ def run_figure(run_dir: str, keys: list[str] | None = None) -> Figure:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="llmrl-plot", description=__doc__.splitlines()[0])
+    """`llmrl plot RUN_DIR`: raises a user's mistake (a missing run, an unknown key) as FileNotFoundError or
+    ValueError, which `llmrl plot` and `llmrl-plot` (run) end in one line `error: ...` and exit code 2."""
+    parser = argparse.ArgumentParser(prog=program_name() or "llmrl-plot", description=__doc__.splitlines()[0])
+    parser.error = fail  # one line, exit code 2, as every llmrl command
     parser.add_argument("run_dir", help="Run directory holding metrics.jsonl.")
     parser.add_argument("--out", default=None, help="PNG to write (default RUN_DIR/curves.png).")
     parser.add_argument("--keys", nargs="+", default=None, help="Metrics to plot (default: picked by run type).")
     args = parser.parse_args(argv)
-    try:
-        out = plot_run(args.run_dir, args.out, args.keys)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"llmrl-plot: {e}")
-    print(out)
+    print(plot_run(args.run_dir, args.out, args.keys))
+
+
+def run() -> None:
+    """The installed `llmrl-plot` script's entry point."""
+    cli_main(main)
 
 
 if __name__ == "__main__":
-    main()
+    run()

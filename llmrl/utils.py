@@ -4,10 +4,12 @@ as flags, one-line errors), seeding, atomic file writes, run directories, and a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import difflib
 import json
+import logging
 import os
 import random
 import secrets
@@ -31,6 +33,24 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ConnectionError, 
 
 def _one_line(message: str) -> str:
     return " ".join(str(message).split())
+
+
+_commands: list[str] = []  # the `llmrl COMMAND` being run (llmrl.cli sets it): the usage line of its --help
+
+
+@contextlib.contextmanager
+def running_command(name: str):
+    """While the block runs, `program_name()` is `name` (the usage line of a --help and of argparse's errors)."""
+    _commands.append(name)
+    try:
+        yield
+    finally:
+        _commands.pop()
+
+
+def program_name() -> str | None:
+    """The `llmrl COMMAND` being run, or None (argparse then names the script)."""
+    return _commands[-1] if _commands else None
 
 
 def _config_parser(classes: Sequence[type], defaults: dict[str, Any] | None):
@@ -63,7 +83,7 @@ def _config_parser(classes: Sequence[type], defaults: dict[str, Any] | None):
         def error(self, message):  # argparse prints its usage block first: one line is enough
             fail(message)
 
-    parser = ConfigParser(list(classes), allow_abbrev=False)
+    parser = ConfigParser(list(classes), allow_abbrev=False, prog=program_name())
     if defaults:
         known = {a.dest for a in parser._actions}
         unknown = sorted(set(defaults) - known)
@@ -152,10 +172,25 @@ def parse_config(cls: type | tuple[type, ...], argv: Sequence[str] | None = None
     return configs if isinstance(cls, tuple) else configs[0]
 
 
+class _DeepSpeedCPUNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Setting accelerator to CPU")
+
+
+def quiet_deepspeed_cpu_notice() -> None:
+    """Drop DeepSpeed's "Setting accelerator to CPU ..." warning. When DeepSpeed is installed, accelerate and
+    transformers import it at every model unwrap and save (accelerate's extract_model_from_parallel), in runs that do
+    not use it too, and on a machine without a GPU it logs that line in the middle of the progress bars."""
+    logger = logging.getLogger("DeepSpeed")  # the logger deepspeed.utils.logging creates (and keeps the filters of)
+    if not any(isinstance(f, _DeepSpeedCPUNotice) for f in logger.filters):
+        logger.addFilter(_DeepSpeedCPUNotice())
+
+
 def cli_main(main: Callable[[], Any]) -> None:
     """Run a recipe's `main()`. A user's mistake (USER_ERRORS: a ValueError, FileNotFoundError, FileExistsError,
     ConnectionError or SetupError from our validation) ends in one line `error: MESSAGE` on stderr and exit code 2, Ctrl-C in `interrupted` and 130; any
     other exception is a bug and keeps its traceback. LLMRL_DEBUG=1 shows the traceback of user errors too."""
+    quiet_deepspeed_cpu_notice()
     try:
         main()
     except USER_ERRORS as e:

@@ -111,7 +111,8 @@ def _system_prompt(cfg: PipelineConfig) -> list[str]:
 
 
 def make_preferences(cfg: PipelineConfig) -> dict:
-    """Stage 1: OUT/preferences/{train,test}.jsonl; refuses to go on without a training pair."""
+    """Stage 1: OUT/preferences/{train,test}.jsonl; a split without a pair stops it in one line (the flags to
+    raise are this recipe's)."""
     from llmrl.llm import preference_data
 
     if os.path.exists(_path(cfg, "preference_data.json")):  # an earlier run's report must not outlive its data
@@ -121,11 +122,9 @@ def make_preferences(cfg: PipelineConfig) -> dict:
         "--overwrite_output_dir", "--num_prompts",
         str(cfg.pref_prompts), "--num_test_prompts", str(cfg.pref_test_prompts), "--num_generations",
         str(cfg.pref_generations), "--max_new_tokens", str(cfg.max_new_tokens), "--reward_funcs",
-        *cfg.rule_reward_funcs, "--seed", str(cfg.seed), "--dtype", cfg.dtype, *_system_prompt(cfg)])
-    for split, flag in (("train", "--pref_prompts"), ("test", "--pref_test_prompts")):
-        if split in report and report[split]["pairs"] == 0:
-            raise RuntimeError(f"preference data: no {split} pair (no question had both an accepted and a rejected "
-                               f"completion among {cfg.pref_generations}); raise {flag} or --pref_generations")
+        *cfg.rule_reward_funcs, "--seed", str(cfg.seed), "--dtype", cfg.dtype, *_system_prompt(cfg)],
+        no_pair_fix={split: f"raise {flag} or --pref_generations"
+                     for split, flag in (("train", "--pref_prompts"), ("test", "--pref_test_prompts"))})
     with open(_path(cfg, "preference_data.json"), "w") as f:
         json.dump(report, f, indent=2)
     return report

@@ -1,5 +1,7 @@
 """The `llmrl` command (issue 17.4): each subcommand parses the same config as its recipe, --config YAML files (flags
 on the command line win), one-line errors, and `python -m llmrl.cli` / `accelerate launch -m llmrl.cli`."""
+import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +74,17 @@ def test_usage_and_accelerate_launch_module(tmp_path):
     res = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
                           "-m", "llmrl.cli", "plot", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0 and "metrics.jsonl" in res.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
+def test_deepspeeds_cpu_notice_stays_out_of_a_run_without_deepspeed():
+    """accelerate imports DeepSpeed (when installed) at every model unwrap, as saving a model does; on a machine
+    without a GPU its import logs "Setting accelerator to CPU" into the progress bars: an llmrl command drops it."""
+    unwrap = ("import torch; from accelerate.utils import extract_model_from_parallel; "
+              "print(type(extract_model_from_parallel(torch.nn.Linear(1, 1))).__name__)")
+    for code, shown in ((unwrap, True),  # the notice, outside an llmrl command
+                        (f"from llmrl.utils import cli_main; cli_main(lambda: exec({unwrap!r}))", False)):
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                             env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+        assert res.returncode == 0 and res.stdout.strip().endswith("Linear"), res.stderr
+        assert ("Setting accelerator to CPU" in res.stdout + res.stderr) == shown

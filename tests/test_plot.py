@@ -1,11 +1,14 @@
 import json
+import re
+import sys
 
 import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from llmrl import cli
 from llmrl.plot import (NO_SIGNAL, default_keys, main, moving_average, no_signal_steps, numeric_keys, plot_run,
-                        read_metrics, run_figure)
+                        read_metrics, run, run_figure)
 from llmrl.utils import RunLogger
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -26,6 +29,25 @@ def assert_png(path):
         assert f.read(8) == PNG_MAGIC
     image = imread(path)
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def one_line_error(capsys, monkeypatch, argv) -> str:
+    """stderr of the `llmrl-plot ARGV` script (llmrl.plot.run), which must exit with code 2."""
+    monkeypatch.setattr(sys, "argv", ["llmrl-plot", *argv])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    return err
+
+
+def test_bad_flags_are_one_line_and_help_names_the_command(capsys, monkeypatch):
+    assert one_line_error(capsys, monkeypatch, ["--keyz", "x"]).startswith("error: unrecognized arguments: --keyz")
+    for argv, usage in ((["plot", "--help"], "usage: llmrl plot "), (["grpo", "--help"], "usage: llmrl grpo ")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 0 and capsys.readouterr().out.startswith(usage)
 
 
 def test_llm_run_default_keys_and_png(tmp_path):
@@ -76,14 +98,14 @@ def test_corrupt_middle_line_and_missing_step_are_errors(tmp_path):
         read_metrics(str(path))
 
 
-def test_unknown_key_lists_available(tmp_path):
+def test_unknown_key_lists_available(tmp_path, capsys, monkeypatch):
     write_rows(tmp_path / "metrics.jsonl", llm_rows())
     with pytest.raises(ValueError, match=r"^plot_run: no numeric key 'rewardz' in .*; available: time, reward, "
                                          r"reward_std, rewards/gsm8k, rewards/format, rewards/format/std, kl, "
                                          r"completion_length, loss, lr$"):
         plot_run(str(tmp_path), keys=["reward", "rewardz"])
-    with pytest.raises(SystemExit, match=r"^llmrl-plot: plot_run: no numeric key 'rewardz'"):
-        main([str(tmp_path), "--keys", "rewardz"])
+    assert one_line_error(capsys, monkeypatch, [str(tmp_path), "--keys", "rewardz"]).startswith(
+        "error: plot_run: no numeric key 'rewardz'")
 
 
 def test_no_default_keys_is_an_error(tmp_path):
@@ -92,9 +114,11 @@ def test_no_default_keys_is_an_error(tmp_path):
         plot_run(str(tmp_path))
 
 
-def test_missing_run_dir_or_metrics(tmp_path):
-    with pytest.raises(SystemExit, match=r"^llmrl-plot: plot_run: run directory .*nope does not exist$"):
-        main([str(tmp_path / "nope")])
+def test_missing_run_dir_or_metrics(tmp_path, capsys, monkeypatch):
+    assert re.fullmatch(r"error: plot_run: run directory .*nope does not exist\n",
+                        one_line_error(capsys, monkeypatch, [str(tmp_path / "nope")]))
+    with pytest.raises(FileNotFoundError, match="nope does not exist"):  # `llmrl plot` ends it in one line
+        cli.main(["plot", str(tmp_path / "nope")])
     with pytest.raises(FileNotFoundError, match=r"read_metrics: .*metrics\.jsonl does not exist"):
         plot_run(str(tmp_path))
 
@@ -125,7 +149,7 @@ def test_eval_metrics_share_a_panel_with_the_before_after_marks(tmp_path):
     assert_png(plot_run(str(tmp_path)))
 
 
-def test_before_after_marks_get_a_panel_of_their_own_and_steps_are_integers(tmp_path):
+def test_before_after_marks_get_a_panel_of_their_own_and_steps_are_integers(tmp_path, capsys, monkeypatch):
     write_rows(tmp_path / "metrics.jsonl", llm_rows(3))
     (tmp_path / "eval.json").write_text(json.dumps({"before": {"accuracy": 0.25}}))
     fig = run_figure(str(tmp_path), keys=None)
@@ -135,8 +159,8 @@ def test_before_after_marks_get_a_panel_of_their_own_and_steps_are_integers(tmp_
     assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
     assert [ax.get_ylabel() for ax in run_figure(str(tmp_path), keys=["reward"]).axes] == ["reward"]
     (tmp_path / "eval.json").write_text("{broken")
-    with pytest.raises(SystemExit, match=r"^llmrl-plot: .*eval\.json is not valid JSON"):
-        main([str(tmp_path)])
+    assert re.fullmatch(r"error: .*eval\.json is not valid JSON\n",
+                        one_line_error(capsys, monkeypatch, [str(tmp_path)]))
 
 
 def test_steps_without_learning_signal_are_shaded_on_the_reward_panel(tmp_path):

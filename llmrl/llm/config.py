@@ -2,7 +2,6 @@
 one exists), validated at construction with one-line errors. Recipes parse it from the command line."""
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from dataclasses import dataclass, field, fields
@@ -11,9 +10,15 @@ from ..objectives.advantages import SCALES, SEQUENCE_ESTIMATORS, TOKEN_ESTIMATOR
 from ..objectives.kl import KL_ESTIMATORS, KL_GRADIENTS
 from ..objectives.losses import LOSS_TYPES
 from .rewards import resolve_reward_functions
+from .tracking import check_tracker_packages
 
 ADVANTAGES = SEQUENCE_ESTIMATORS + TOKEN_ESTIMATORS
 OPTIMIZERS = ("adamw", "trpo", "npg")
+# what only AdamW uses (a critic, advantage=gae, trains with AdamW under these too, except the clip range)
+ADAMW_SETTINGS = ("learning_rate", "lr_scheduler", "warmup_steps", "warmup_ratio", "weight_decay", "adam_beta1",
+                  "adam_beta2", "max_grad_norm", "clip_low", "clip_high")
+LINE_SEARCH_SETTINGS = ("backtrack_iters", "backtrack_coef", "accept_ratio")  # trpo's alone
+TRUST_REGION_SETTINGS = ("max_kl", "cg_iters", "cg_damping") + LINE_SEARCH_SETTINGS
 
 
 REWARD_MODEL = "reward_model"  # the name of the --reward_model reward among reward_funcs
@@ -330,6 +335,7 @@ class GRPOConfig:
         need(critic or self.critic_learning_rate is None,
              f"critic_learning_rate is set but advantage={self.advantage} trains no critic: use advantage=gae or "
              f"drop it")
+        critic_lr_given = self.critic_learning_rate is not None
         if critic and self.critic_learning_rate is None:
             self.critic_learning_rate = self.learning_rate
         need(self.critic_learning_rate is None or self.critic_learning_rate > 0,
@@ -359,6 +365,17 @@ class GRPOConfig:
                                          f"random: set lora_dropout=0, got {self.lora_dropout}")
             need(self.entropy_coef == 0, f"{opt} steps on the surrogate alone within the trust region: set "
                                          f"entropy_coef=0 (the entropy bonus needs optimizer=adamw)")
+        # a setting the chosen optimizer has no use for is refused, not ignored
+        if self.optimizer == "adamw":
+            unused = TRUST_REGION_SETTINGS
+        else:
+            unused = (LINE_SEARCH_SETTINGS if self.optimizer == "npg" else ()) + \
+                (ADAMW_SETTINGS if not critic else  # the critic trains with AdamW
+                 (("learning_rate",) if critic_lr_given else ()) + ("clip_low", "clip_high"))
+        defaults = {f.name: f.default for f in fields(self)}
+        changed = [f"{name} ({getattr(self, name)!r})" for name in unused if getattr(self, name) != defaults[name]]
+        need(not changed, f"optimizer={self.optimizer} does not use {', '.join(changed)}; drop "
+                          f"{'it' if len(changed) == 1 else 'them'}")
         if self.reward_funcs is not None:  # names resolve (and weights count) here; functions at the trainer
             rules = [n for n in self.reward_funcs if n != REWARD_MODEL]
             need(self.reward_weights is None or len(self.reward_weights) == len(self.reward_funcs),
@@ -376,11 +393,7 @@ class GRPOConfig:
         need(self.torch_threads >= 0, f"torch_threads must be >= 0, got {self.torch_threads}")
         need(self.save_total_limit >= 1, f"save_total_limit must be >= 1, got {self.save_total_limit}")
         need(self.max_nonfinite_steps >= 1, f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
-        # accelerate drops a tracker whose package is missing without a word
-        for tracker in [self.report_to] if isinstance(self.report_to, str) else self.report_to:
-            need(tracker in ("none", "all") or importlib.util.find_spec(tracker) is not None,
-                 f"report_to {tracker!r} needs the {tracker} package: pip install {tracker} (for wandb: "
-                 f"pip install 'llmrl[wandb]'), or drop it from report_to")
+        check_tracker_packages(self.report_to, "GRPOConfig")
         # --- evaluation ---
         need(self.eval_examples >= 0, f"eval_examples must be >= 0, got {self.eval_examples}")
         need(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}")

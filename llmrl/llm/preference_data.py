@@ -125,8 +125,14 @@ def generate_preference_pairs(model, tokenizer, rows: list[dict], reward_funcs, 
                  "pairs": len(out)}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, no_pair_fix: dict[str, str] | None = None) -> dict:
+    """Sample, label and pair each split (train, then test); a split without a single pair ends the run with a
+    one-line ValueError that says what to raise (`no_pair_fix`: split -> that advice, for a caller with its own
+    flags), and nothing is written. Returns each split's stats."""
     cfg = parse_config(PreferenceDataConfig, argv)
+    no_pair_fix = no_pair_fix or {
+        split: f"raise --{flag}, --num_generations or --max_new_tokens, or use looser --reward_funcs"
+        for split, flag in (("train", "num_prompts"), ("test", "num_test_prompts"))}
     set_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
     written = [n for n in ("train.jsonl", "test.jsonl") if os.path.exists(os.path.join(cfg.output_dir, n))]
@@ -134,8 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise FileExistsError(f"output_dir {cfg.output_dir} already holds preference pairs ({written[0]}); pass "
                               f"--overwrite_output_dir to replace them, or another --output_dir")
     model, tok = load_policy(cfg.model, lora=None, dtype=resolve_dtype(cfg.dtype))
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    report = {}
+    made = {}
     for split, n, name in ((cfg.train_split, cfg.num_prompts, "train"), (cfg.test_split, cfg.num_test_prompts, "test")):
         if n == 0:
             continue
@@ -145,12 +150,18 @@ def main(argv: list[str] | None = None) -> dict:
             model, tok, [data[i] for i in order], cfg.reward_funcs, cfg.num_generations, cfg.pairs_per_prompt,
             cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, cfg.prompt_column, cfg.system_prompt,
             cfg.batch_size, cfg.seed + (name == "test"), progress=True)
+        if not rows:  # an empty file would only fail the reward-model step, after it has loaded its model
+            raise ValueError(f"preference data: no {name} pair (none of the {len(order)} questions had both an "
+                             f"accepted and a rejected completion among its {cfg.num_generations}); nothing "
+                             f"written; {no_pair_fix[name]}")
+        made[name] = rows, stats
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    for name, (rows, stats) in made.items():
         atomic_write_text(os.path.join(cfg.output_dir, f"{name}.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
-        report[name] = stats
-        print(f"{name}: {stats['pairs']} pairs from {n} questions ({stats['prompts_with_pairs']} with a pair; "
-              f"{stats['accepted_frac']:.1%} of {stats['completions']} completions accepted) -> "
-              f"{os.path.join(cfg.output_dir, name + '.jsonl')}")
-    return report
+        print(f"{name}: {stats['pairs']} pairs from {stats['completions'] // cfg.num_generations} questions "
+              f"({stats['prompts_with_pairs']} with a pair; {stats['accepted_frac']:.1%} of {stats['completions']} "
+              f"completions accepted) -> {os.path.join(cfg.output_dir, name + '.jsonl')}")
+    return {name: stats for name, (rows, stats) in made.items()}
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from .config import _h
 from .data import PromptSampler, check_columns, load_prompt_dataset
 from .model import LoraSettings, lora_targets, resolve_dtype
 from .reward_model import ScoreModel, add_reward_lora, load_reward_model, pad_sequences, tokenize_conversation
+from .tracking import check_tracker_packages, check_wandb_login
 
 
 @dataclass
@@ -92,6 +93,9 @@ class RewardConfig:
             if not ok:
                 raise ValueError(f"RewardConfig: {msg}")
 
+        if isinstance(self.report_to, str):  # as TRL: one tracker name as a string
+            self.report_to = [self.report_to]
+        check_tracker_packages(self.report_to, "RewardConfig")
         need(self.lora_r >= 0, f"lora_r must be >= 0, got {self.lora_r}")
         need(self.dtype in ("auto", "float32", "bfloat16"),
              f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
@@ -110,12 +114,17 @@ class RewardConfig:
         need(self.save_total_limit >= 1, f"save_total_limit must be >= 1, got {self.save_total_limit}")
 
 
-def tokenize_pairs(dataset, tokenizer, max_length: int) -> tuple[list[dict], int]:
-    """Preference rows -> [{"chosen": ids, "rejected": ids, "margin": float}] and the number of rows dropped for
-    exceeding max_length. A one-line error names a missing column or the first row that cannot be read."""
+def check_preference_columns(dataset) -> None:
+    """A one-line error for a missing chosen/rejected column or the first row without a value in one."""
     check_columns(dataset, ["chosen", "rejected"], {c: "the reward trainer (TRL preference format: chosen and "
                                                         "rejected, optionally prompt and margin)" for c in
                                                     ("chosen", "rejected")})
+
+
+def tokenize_pairs(dataset, tokenizer, max_length: int) -> tuple[list[dict], int]:
+    """Preference rows -> [{"chosen": ids, "rejected": ids, "margin": float}] and the number of rows dropped for
+    exceeding max_length. A one-line error names a missing column or the first row that cannot be read."""
+    check_preference_columns(dataset)
     pairs, dropped = [], 0
     for i, row in enumerate(dataset):
         try:
@@ -137,17 +146,31 @@ class RewardTrainer:
         from transformers import get_scheduler
 
         cfg = self.cfg = config
+        check_wandb_login(cfg.report_to)
         report_to = [t for t in cfg.report_to if t != "none"]
         no_gpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
         self.acc = acc = accelerator or Accelerator(cpu=cfg.use_cpu or no_gpu, log_with=report_to or None,
                                                     project_dir=cfg.output_dir)
-        # An earlier run in output_dir is refused (or, with overwrite_output_dir, cleared) before anything is written.
+        # An earlier run in output_dir is refused (or, with overwrite_output_dir, cleared once the data is read)
+        # before anything is written.
         if not cfg.resume:
             ckpt.check_fresh_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
-            if acc.is_main_process:
-                ckpt.prepare_fresh_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
         set_threads(cfg.torch_threads)
         seed_everything(cfg.seed)
+        # --- data, read and checked before the model loads (a bad file ends the run in one line at once) ---
+        if train_dataset is None:
+            train_dataset = load_prompt_dataset(cfg.dataset, cfg.dataset_split, cfg.dataset_config)
+        check_preference_columns(train_dataset)
+        if eval_dataset is None and cfg.eval_dataset is not None:
+            eval_dataset = load_prompt_dataset(cfg.eval_dataset, cfg.eval_split, cfg.dataset_config)
+        elif eval_dataset is None and cfg.eval_fraction > 0:
+            split = train_dataset.train_test_split(test_size=cfg.eval_fraction, seed=cfg.seed)
+            train_dataset, eval_dataset = split["train"], split["test"]
+        if eval_dataset is not None:
+            check_preference_columns(eval_dataset)
+        self._check_enough_pairs(len(train_dataset))
+        if not cfg.resume and acc.is_main_process:
+            ckpt.prepare_fresh_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
         self.dtype = resolve_dtype(cfg.dtype)
         # --- model: LoRA (the head trains fully) or full fine-tuning (fp32 master weights, bf16 autocast); a model
         # passed in gets the configured adapter unless it carries one already ---
@@ -164,24 +187,15 @@ class RewardTrainer:
             raise ValueError("RewardTrainer: pass the tokenizer together with the model")
         self.tok, self.is_peft = tokenizer, hasattr(model, "disable_adapter")
         self.autocast_dtype = torch.bfloat16 if (self.dtype == torch.bfloat16 and not self.is_peft) else None
-        # --- data: tokenized once; the held-out split is seeded ---
-        if train_dataset is None:
-            train_dataset = load_prompt_dataset(cfg.dataset, cfg.dataset_split, cfg.dataset_config)
-        if eval_dataset is None and cfg.eval_dataset is not None:
-            eval_dataset = load_prompt_dataset(cfg.eval_dataset, cfg.eval_split, cfg.dataset_config)
-        elif eval_dataset is None and cfg.eval_fraction > 0:
-            split = train_dataset.train_test_split(test_size=cfg.eval_fraction, seed=cfg.seed)
-            train_dataset, eval_dataset = split["train"], split["test"]
+        # --- data: tokenized once, with the model's tokenizer ---
         self.train_pairs, dropped = tokenize_pairs(train_dataset, tokenizer, cfg.max_length)
         self.eval_pairs, eval_dropped = tokenize_pairs(eval_dataset, tokenizer, cfg.max_length) \
             if eval_dataset is not None else ([], 0)
         if dropped or eval_dropped:
             acc.print(f"reward trainer: dropped {dropped} training and {eval_dropped} held-out pairs longer than "
                       f"max_length={cfg.max_length} tokens")
+        self._check_enough_pairs(len(self.train_pairs))
         B, N = cfg.per_device_batch_size, acc.num_processes
-        if len(self.train_pairs) < B * N:
-            raise ValueError(f"RewardTrainer: {len(self.train_pairs)} training pairs, fewer than one step's "
-                             f"per_device_batch_size x processes = {B * N}")
         self.sampler = PromptSampler(len(self.train_pairs), B, N, acc.process_index, cfg.seed)
         self.max_steps = cfg.max_steps if cfg.max_steps > 0 else \
             max(1, math.ceil(cfg.num_train_epochs * (len(self.train_pairs) // (B * N))))
@@ -200,6 +214,12 @@ class RewardTrainer:
         acc.register_save_state_pre_hook(_keep_trainable_weights)
         self.step_count = 0
         self.logger = None
+
+    def _check_enough_pairs(self, n: int) -> None:
+        B, N = self.cfg.per_device_batch_size, self.acc.num_processes
+        if n < B * N:
+            raise ValueError(f"RewardTrainer: {n} training pairs, fewer than one step's per_device_batch_size x "
+                             f"processes = {B * N}")
 
     # ------------------------------------------------------------------ one step
     def _autocast(self):

@@ -3,12 +3,51 @@ WANDB_MODE=offline) get the metrics, the config, and the sampled completions as 
 TensorBoard's text view, a wandb Table)."""
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import os
 
-from ..utils import config_dict
+from ..utils import SetupError, config_dict
 
 TABLE_ROWS = 8  # completions shown per logged step in TensorBoard's text view (wandb gets every one)
 CELL_CHARS = 400
+
+
+def check_tracker_packages(report_to: list[str], owner: str) -> None:
+    """Refuse a tracker whose package is missing (accelerate would drop it without a word)."""
+    for tracker in report_to:
+        if tracker not in ("none", "all") and importlib.util.find_spec(tracker) is None:
+            raise ValueError(f"{owner}: report_to {tracker!r} needs the {tracker} package: pip install {tracker} "
+                             f"(for wandb: pip install 'llmrl[wandb]'), or drop it from report_to")
+
+
+def _uses_wandb(report_to: list[str]) -> bool:
+    """Whether accelerate would start wandb: named, or 'all' (every installed tracker) with wandb installed."""
+    return "wandb" in report_to or ("all" in report_to and importlib.util.find_spec("wandb") is not None)
+
+
+def check_wandb_login(report_to: list[str]) -> None:
+    """Before anything loads: wandb online needs credentials, or wandb.init fails after the model has loaded
+    (UsageError: No API key configured). wandb's own lookup decides (WANDB_API_KEY, .netrc, its settings files);
+    offline and disabled modes (WANDB_MODE, `wandb offline`) need none."""
+    if not _uses_wandb(report_to):
+        return
+    import wandb
+
+    try:
+        from wandb.sdk import wandb_setup
+        mode = wandb_setup.singleton().settings.mode  # WANDB_MODE and the settings file `wandb offline` writes
+    except (ImportError, AttributeError):  # wandb before the setup singleton
+        mode = os.environ.get("WANDB_MODE", "online")
+    if mode in ("offline", "dryrun", "disabled"):
+        return
+    if "prompt" in inspect.signature(wandb.login).parameters:  # looks for credentials without asking for them
+        logged_in = wandb.login(prompt=False, verify=False)
+    else:  # older wandb: its key lookup (environment, .netrc, settings)
+        logged_in = bool(wandb.api.api_key)
+    if not logged_in:
+        raise SetupError("report_to wandb needs a W&B login: run `wandb login`, set WANDB_API_KEY, or log offline "
+                         "with WANDB_MODE=offline (`wandb sync` uploads later)")
 
 
 def init_trackers(acc, cfg) -> None:

@@ -157,6 +157,7 @@ class GRPOTrainer:
         self._resume = ckpt.check_resume(cfg) if cfg.resume else None
         if not cfg.resume:
             ckpt.check_fresh_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
+        tracking.check_wandb_login(cfg.report_to)
         report_to = [t for t in cfg.report_to if t != "none"]
         # DDP, FSDP2 or DeepSpeed as the launch asked, or a one-line refusal (llmrl/llm/engines.py)
         self.acc = engines.accelerator(cfg, accelerator, log_with=report_to or None, project_dir=cfg.output_dir)

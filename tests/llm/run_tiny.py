@@ -23,7 +23,10 @@ if __name__ == "__main__":
     from recipes.grpo_gsm8k import main
     model_dir, data = sys.argv[1], sys.argv[2]
     eval_data = ["--eval_dataset", data] if data.endswith(".jsonl") else []  # a file has no test split
+    flags = sys.argv[3:]
+    trust_region = "--optimizer" in flags and flags[flags.index("--optimizer") + 1] != "adamw"
+    lr = [] if trust_region else ["--learning_rate", "1e-2"]  # trpo/npg refuse a learning rate they do not use
     cli_main(lambda: main(["--model", model_dir, "--dataset", data, *eval_data, "--reward_funcs", "length",
                            "--dtype", "float32", "--per_device_batch_size", "8", "--num_generations", "4",
-                           "--max_new_tokens", "8", "--learning_rate", "1e-2", "--report_to", "none",
-                           "--system_prompt", "", *sys.argv[3:]]))
+                           "--max_new_tokens", "8", *lr, "--report_to", "none", "--system_prompt", "",
+                           *flags]))

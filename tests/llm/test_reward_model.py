@@ -438,3 +438,38 @@ def test_preference_data_refuses_to_replace_earlier_pairs_before_loading_anythin
     assert (tmp_path / "train.jsonl").read_text().startswith('{"prompt": "p"')
     with pytest.raises(FileNotFoundError, match="does not exist"):  # with the flag it goes on (to the model)
         preference_data.main(argv + ["--overwrite_output_dir"])
+
+
+def test_preference_data_without_a_training_pair_is_refused_and_writes_nothing(tmp_path, monkeypatch):
+    from llmrl.llm import preference_data, rewards
+    monkeypatch.setitem(rewards.REWARD_FUNCTIONS, "never", lambda prompts, completions, **kw: [0.0] * len(completions))
+    data = tmp_path / "data"
+    data.mkdir()
+    tiny_dataset(8).to_json(data / "train.jsonl")
+    tiny_dataset(8).to_json(data / "test.jsonl")
+    out = tmp_path / "pairs"
+    with pytest.raises(ValueError, match=r"no train pair \(none of the 2 questions had both an accepted and a "
+                                         r"rejected completion among its 2\); nothing written; raise --num_prompts, "
+                                         r"--num_generations or --max_new_tokens, or use looser --reward_funcs"):
+        preference_data.main(["--model", save_tiny(tmp_path / "model"), "--dataset", str(data), "--output_dir",
+                              str(out), "--reward_funcs", "never", "--num_prompts", "2", "--num_test_prompts", "2",
+                              "--num_generations", "2", "--max_new_tokens", "2", "--system_prompt", "",
+                              "--dtype", "float32", "--torch_threads", "1"])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"prompt": "p", "chosen": "a"}\n', "no column 'rejected'"),
+    ("", r"pairs\.jsonl is empty"),
+    ('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": \n', "line 2"),
+])
+def test_reward_model_reports_a_bad_dataset_before_loading_the_model(tmp_path, text, message):
+    from llmrl.scripts import reward_model
+    (tmp_path / "pairs.jsonl").write_text(text)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\n')  # an earlier run, kept until the data reads
+    with pytest.raises(ValueError, match=message):  # the model does not exist: loading it would fail first
+        reward_model.main(["--model", str(tmp_path / "no_such_model"), "--dataset", str(tmp_path / "pairs.jsonl"),
+                           "--output_dir", str(tmp_path / "run"), "--overwrite_output_dir", "--report_to", "none",
+                           "--torch_threads", "1"])
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 1}\n'

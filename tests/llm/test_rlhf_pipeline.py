@@ -64,7 +64,7 @@ def test_pipeline_without_a_preference_pair_stops_with_one_line(tmp_path, monkey
     data = tmp_path / "data"
     data.mkdir()
     tiny_dataset(8).to_json(data / "train.jsonl")
-    with pytest.raises(RuntimeError, match="no train pair .* raise --pref_prompts or --pref_generations"):
+    with pytest.raises(ValueError, match="no train pair .* raise --pref_prompts or --pref_generations"):
         main(["--output_dir", str(tmp_path / "rlhf"), "--model", save_tiny(tmp_path / "model"), "--dataset", str(data),
               "--system_prompt", "", "--dtype", "float32", "--max_new_tokens", "4", "--rule_reward_funcs", "never",
               "--pref_prompts", "2", "--pref_test_prompts", "0", "--pref_generations", "2", "--stages", "data"])

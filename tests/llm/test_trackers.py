@@ -102,8 +102,56 @@ def test_a_tracker_whose_package_is_missing_is_refused(monkeypatch):
     with pytest.raises(ValueError, match=r"report_to 'wandb' needs the wandb package: .*llmrl\[wandb\]") as e:
         GRPOConfig(report_to=["tensorboard", "wandb"])
     assert "\n" not in str(e.value)
+    from llmrl.llm.reward_trainer import RewardConfig
+    with pytest.raises(ValueError, match=r"RewardConfig: report_to 'wandb' needs the wandb package"):
+        RewardConfig(report_to="wandb")
     GRPOConfig(report_to=["tensorboard"])
     GRPOConfig(report_to=["none"])
+
+
+@pytest.fixture
+def no_wandb_login(tmp_path, monkeypatch):
+    """A machine where wandb has no credentials: an empty HOME (no .netrc, no settings file), no WANDB_API_KEY,
+    online mode; wandb's process-wide settings and session credentials start and end empty."""
+    import wandb
+    from wandb.sdk.lib import wbauth
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DISABLED", "NETRC", "WANDB_CONFIG_DIR",
+                 "WANDB_IDENTITY_TOKEN_FILE", "WANDB_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WANDB_SILENT", "true")  # no look-up of the account behind a key (needs the network)
+    monkeypatch.chdir(tmp_path)
+    wandb.teardown()
+    wbauth.unauthenticate_session(update_settings=False)
+    yield
+    wandb.teardown()
+    wbauth.unauthenticate_session(update_settings=False)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is None,
+                    reason="wandb is not installed (pip install 'llmrl[wandb]')")
+def test_wandb_without_a_login_is_refused_before_the_model_loads(tmp_path, no_wandb_login, monkeypatch):
+    from llmrl.llm.reward_trainer import RewardConfig, RewardTrainer
+    from llmrl.llm.trainer import GRPOTrainer
+    from llmrl.llm.tracking import check_wandb_login
+    from llmrl.utils import SetupError
+
+    missing = str(tmp_path / "no_such_model")  # loading it would fail: the refusal has to come first
+    for make in (lambda: GRPOTrainer(GRPOConfig(model=missing, report_to=["wandb"], output_dir=str(tmp_path / "g"))),
+                 lambda: RewardTrainer(RewardConfig(model=missing, report_to="wandb", output_dir=str(tmp_path / "r")))):
+        with pytest.raises(SetupError, match=r"wandb login.*WANDB_API_KEY.*WANDB_MODE=offline") as e:
+            make()
+        assert "\n" not in str(e.value)
+    check_wandb_login(["tensorboard"])  # no wandb, nothing to check
+    import wandb
+    for mode in ("offline", "disabled"):  # wandb needs no credentials in these modes
+        monkeypatch.setenv("WANDB_MODE", mode)
+        wandb.teardown()  # wandb reads its settings once per process
+        check_wandb_login(["wandb"])
+    monkeypatch.delenv("WANDB_MODE")
+    wandb.teardown()
+    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+    check_wandb_login(["wandb"])
 
 
 # ----------------------------------------------------------------------------- the hub

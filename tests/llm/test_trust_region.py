@@ -235,6 +235,31 @@ def test_trust_region_settings_are_checked(kw, words):
     GRPOConfig(optimizer="trpo", beta=0.04, kl_in="reward")  # a KL to the reference in the rewards is fine
 
 
+@pytest.mark.parametrize("kw, words", [
+    (dict(optimizer="npg", learning_rate=1e-3, max_grad_norm=0.5),
+     "optimizer=npg does not use learning_rate (0.001), max_grad_norm (0.5); drop them"),
+    (dict(optimizer="trpo", lr_scheduler_type="cosine"), "optimizer=trpo does not use lr_scheduler ('cosine')"),
+    (dict(optimizer="trpo", warmup_ratio=0.1), "does not use warmup_ratio (0.1)"),
+    (dict(optimizer="trpo", warmup_steps=5, weight_decay=0.1, adam_beta1=0.8, adam_beta2=0.99),
+     "does not use warmup_steps (5), weight_decay (0.1), adam_beta1 (0.8), adam_beta2 (0.99)"),
+    (dict(optimizer="trpo", epsilon=0.3), "optimizer=trpo does not use clip_low (0.3)"),
+    (dict(optimizer="npg", backtrack_iters=3), "optimizer=npg does not use backtrack_iters (3); drop it"),
+    (dict(optimizer="trpo", advantage="gae", critic_learning_rate=1e-5, learning_rate=1e-3, clip_high=0.3),
+     "optimizer=trpo does not use learning_rate (0.001), clip_high (0.3)"),
+    (dict(max_kl=0.02, cg_iters=5), "optimizer=adamw does not use max_kl (0.02), cg_iters (5)"),
+    (dict(cg_damping=0.2, backtrack_coef=0.8, accept_ratio=0.2),
+     "optimizer=adamw does not use cg_damping (0.2), backtrack_coef (0.8), accept_ratio (0.2)"),
+])
+def test_a_setting_the_optimizer_does_not_use_is_refused(kw, words):
+    with pytest.raises(ValueError) as e:
+        GRPOConfig(**kw)
+    assert words in str(e.value) and "\n" not in str(e.value)
+    # the critic (advantage=gae) trains with AdamW under the policy's schedule and clipping, also under trpo
+    GRPOConfig(optimizer="trpo", advantage="gae", learning_rate=1e-3, lr_scheduler="linear", max_grad_norm=0.5)
+    GRPOConfig(optimizer="trpo", max_kl=0.02, cg_iters=5, backtrack_iters=3)
+    GRPOConfig(optimizer="npg", max_kl=0.02, cg_damping=0.2)
+
+
 def test_recipe_trains_with_optimizer_trpo(tmp_path):
     from tests.llm.tiny import save_tiny, tiny_dataset
     model_dir = save_tiny(tmp_path / "model")
