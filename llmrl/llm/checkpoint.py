@@ -178,17 +178,24 @@ def write_best(trainer) -> None:
         atomic_write_text(os.path.join(trainer.cfg.output_dir, BEST_FILE), json.dumps(trainer.best, indent=2))
 
 
+def start_checkpoint(acc, output_dir: str, step: int) -> tuple[str, str]:
+    """(output_dir/checkpoint-STEP, its temporary twin): the twin made empty on the main process (the leftovers of
+    a save that was killed removed), and every process past that point. Fill the twin, then publish_checkpoint."""
+    final = os.path.join(output_dir, f"checkpoint-{step}")
+    tmp = final + ".tmp"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    acc.wait_for_everyone()
+    return final, tmp
+
+
 def save_checkpoint(trainer) -> str | None:
     """Write output_dir/checkpoint-STEP atomically (all processes take part: each saves its RNG state). The last
     save_total_limit checkpoints are kept, and the best one by metric_for_best_model."""
     acc, cfg, step = trainer.acc, trainer.cfg, trainer.step_count
     update_best(trainer, step)
-    final = os.path.join(cfg.output_dir, f"checkpoint-{step}")
-    tmp = final + ".tmp"
-    if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a save that was killed
-        os.makedirs(tmp)
-    acc.wait_for_everyone()
+    final, tmp = start_checkpoint(acc, cfg.output_dir, step)
     torch.save({"rng": rng_state(), "sampler_generator": trainer.gen.get_state()},
                os.path.join(tmp, f"rng_{acc.process_index}.pt"))
     sharded = engines.owns_state(acc)

@@ -298,12 +298,7 @@ class RewardTrainer:
         """output_dir/checkpoint-STEP, written to a temporary directory and renamed into place (whole or absent):
         accelerate's save_state (trainable weights, optimizer, every process's RNG) + scheduler and data position."""
         acc, cfg = self.acc, self.cfg
-        final = os.path.join(cfg.output_dir, f"checkpoint-{self.step_count}")
-        tmp = final + ".tmp"
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a save that was killed
-            os.makedirs(tmp)
-        acc.wait_for_everyone()
+        final, tmp = ckpt.start_checkpoint(acc, cfg.output_dir, self.step_count)
         acc.save_state(tmp)
         if acc.is_main_process:
             torch.save({"step": self.step_count, "data": self.sampler.state_dict(),
