@@ -774,29 +774,40 @@ class GRPOTrainer:
 
 class _StopOnInterrupt:
     """Ctrl-C (SIGINT) during training asks to stop after the current step (the caller saves a checkpoint there);
-    a second Ctrl-C raises KeyboardInterrupt at once. Under several processes the request is agreed on by all
-    of them after each step, so they stop at the same step."""
+    a second one raises KeyboardInterrupt at once. Under several processes the request is agreed on by all of them
+    after each step, so they stop at the same step. A single process treats SIGTERM (a job scheduler's warning
+    before it kills) the same way; under several, torchrun sends SIGTERM to the others when one fails, and they
+    must stop at once rather than wait for a step the failed one will never agree on."""
 
     def __init__(self, acc, bar):
-        self.acc, self.bar, self.flag, self.previous = acc, bar, False, None
+        self.acc, self.bar, self.flag, self.previous = acc, bar, False, {}
 
     def __enter__(self):
         import signal
         import threading
 
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handler)
+            for name in ("SIGINT", "SIGTERM") if self.acc.num_processes == 1 else ("SIGINT",):
+                self.previous[name] = signal.signal(getattr(signal, name), self._handler)
         return self
 
     def _handler(self, signum, frame):
         import signal
 
-        if self.flag:  # the second Ctrl-C
-            signal.signal(signal.SIGINT, self.previous)
+        if self.flag:  # the second signal
+            self._restore()
             raise KeyboardInterrupt
         self.flag = True
         if self.acc.is_main_process:
-            self.bar.write("Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again to stop now)")
+            what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            self.bar.write(f"{what}: finishing this step, then saving a checkpoint (Ctrl-C again to stop now)")
+
+    def _restore(self):
+        import signal
+
+        for name, handler in self.previous.items():
+            signal.signal(getattr(signal, name), handler)
+        self.previous = {}
 
     def requested(self) -> bool:
         if self.acc.num_processes == 1:
@@ -805,10 +816,7 @@ class _StopOnInterrupt:
         return bool(self.acc.reduce(flag, "sum").item() > 0)
 
     def __exit__(self, *exc):
-        import signal
-
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        self._restore()
         return False
 
 

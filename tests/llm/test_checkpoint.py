@@ -99,8 +99,10 @@ def test_resume_errors(tmp_path):
         ckpt.find_checkpoint(str(tmp_path), str(tmp_path))
 
 
-def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
-    """Issue 19.7: with --save_steps 50, a Ctrl-C at step 2 used to lose everything."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, sig):
+    """Issue 19.7: with --save_steps 50, a Ctrl-C at step 2 used to lose everything; SIGTERM (a scheduler's
+    warning before it kills) does the same."""
     model_dir = save_tiny(tmp_path / "model")
     data = str(tmp_path / "data.jsonl")
     tiny_dataset(24).to_json(data)
@@ -113,7 +115,7 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
     metrics = os.path.join(out, "metrics.jsonl")
     while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 130, stderr[-2000:]
     saved = ckpt.list_checkpoints(out)
