@@ -155,16 +155,27 @@ def describe(cfg, adapter: str | None, n: int, model: str | None = None) -> dict
     """What an evaluation was of and on: the model (default cfg.model), the adapter (None = the model alone), the
     data and the settings."""
     what = {"model": model or cfg.model, "adapter": adapter, "dataset": cfg.eval_dataset or cfg.dataset,
-            "split": cfg.eval_split, "n": n, "reward": cfg.eval_reward, "max_new_tokens": cfg.max_new_tokens}
+            "split": cfg.eval_split, "n": n, "reward": cfg.eval_reward, "max_new_tokens": cfg.max_new_tokens,
+            "system_prompt": cfg.system_prompt}
     if cfg.eval_pass_k:
         what.update(num_samples=cfg.eval_num_samples, temperature=cfg.temperature)
     return what
 
 
+# The settings an evaluation's label names when they are not these (two evaluations of one adapter on one set
+# with other prompts, decoding or reward are other results, kept side by side)
+LABEL_DEFAULTS = {"reward": "gsm8k", "max_new_tokens": 128, "system_prompt": None, "temperature": 1.0,
+                  "num_samples": None}
+
+
 def eval_label(what: dict) -> str:
-    """A label naming what was evaluated, on which data: 'adapter runs/x/final on arithmetic/test n=200'."""
+    """A label naming what was evaluated, on which data, and any setting other than LABEL_DEFAULTS: 'adapter
+    runs/x/final on arithmetic/test n=200', 'model bundled on arithmetic/test n=64 (max_new_tokens 48)'."""
     thing = f"adapter {what['adapter']}" if what["adapter"] else f"model {what['model']}"
-    return f"{thing} on {what['dataset']}/{what['split']} n={what['n']}"
+    settings = [f"{k} {what[k]!r}" if isinstance(what[k], str) else f"{k} {what[k]}"
+                for k, default in LABEL_DEFAULTS.items() if k in what and what[k] != default]
+    return f"{thing} on {what['dataset']}/{what['split']} n={what['n']}" + (f" ({', '.join(settings)})"
+                                                                              if settings else "")
 
 
 def save_eval_results(directory: str, label: str, result: dict, what: dict) -> str:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from llmrl.llm import rewards
-from llmrl.llm.evaluation import pass_at_k
+from llmrl.llm.evaluation import eval_label, pass_at_k
 from llmrl.llm.trainer import TIMING_METRICS
 from tests.llm.tiny import length_reward, save_tiny, tiny_dataset, tiny_trainer
 
@@ -233,11 +233,12 @@ def test_training_run_labels_before_and_after_and_keeps_other_labels(tmp_path, t
     # eval-only of that run's final adapter: beside the adapter, under its own label; then of a checkpoint
     # (adapter in checkpoint-2/adapter/) into an explicitly given output_dir holding the run's results
     _recipe(*flags, "--eval_only", "--adapter", str(run / "final"))
-    label = f"adapter {run}/final on {tmp_path}/data/test n=3"
+    label = f"adapter {run}/final on {tmp_path}/data/test n=3 (max_new_tokens 6, system_prompt '', num_samples 2)"
     assert list(json.load(open(run / "final" / "eval.json"))) == [label]
     _recipe(*flags, "--eval_only", "--adapter", str(run / "checkpoint-2"), "--output_dir", str(run))
     merged = json.load(open(run / "eval.json"))
-    checkpoint_label = f"adapter {run}/checkpoint-2 on {tmp_path}/data/test n=3"
+    checkpoint_label = f"adapter {run}/checkpoint-2 on {tmp_path}/data/test n=3 (max_new_tokens 6, " \
+        "system_prompt '', num_samples 2)"  # pass@2 too: the run's evaluation settings
     assert set(merged) == {"someone else's", "before", "after", checkpoint_label}
     assert merged["before"] == results["before"] and merged["after"] == results["after"]
     # the trained adapter's accuracy equals the merged model's and the checkpoint's (the same policy at step 2)
@@ -357,3 +358,17 @@ def test_resume_from_an_older_checkpoint_than_the_run_holds_is_refused(tmp_path,
     with pytest.raises(ValueError, match=r"checkpoint-1 is older than .*checkpoint-2 in .*; move the newer"):
         _recipe("--resume", str(run / "checkpoint-1"), "--output_dir", str(run), "--max_steps", "3")
     assert (run / "metrics.jsonl").read_text() == metrics
+
+
+def test_evaluations_with_other_settings_are_kept_side_by_side(tmp_path, tiny_setup):
+    model_dir, flags = tiny_setup
+    out = tmp_path / "ev"
+    base = [*flags, "--eval_only", "--output_dir", str(out), "--eval_examples", "2"]
+    first = _recipe(*base)
+    second = _recipe(*base, "--eval_reward", "length")
+    third = _recipe(*base, "--max_new_tokens", "4")
+    labels = [next(iter(r)) for r in (first, second, third)]
+    assert len(set(labels)) == 3 and "reward 'length'" in labels[1] and "max_new_tokens 4" in labels[2]
+    assert set(json.load(open(out / "eval.json"))) == set(labels)
+    assert eval_label(dict(model="m", adapter=None, dataset="d", split="test", n=5, reward="gsm8k",
+                           max_new_tokens=128, system_prompt=None)) == "model m on d/test n=5"
