@@ -178,6 +178,18 @@ def eval_label(what: dict) -> str:
                                                                               if settings else "")
 
 
+def retire_eval_results(directory: str, why: str) -> str | None:
+    """Rename directory/eval.json to eval.<why>.json (its samples files stay, named in it), when what the
+    directory holds is about to be replaced: results that described the old contents are kept, under a name that
+    no longer claims the new ones. Returns the new path (None when there was no eval.json)."""
+    path = os.path.join(directory, EVAL_FILE)
+    if not os.path.isfile(path):
+        return None
+    kept = os.path.join(directory, f"eval.{why}.json")
+    os.replace(path, kept)
+    return kept
+
+
 def save_eval_results(directory: str, label: str, result: dict, what: dict) -> str:
     """Merge {label: metrics + what} into directory/eval.json (the other labels stay as they are; an earlier
     result under this same label is replaced) and write the per-prompt samples to directory/eval_<label>.jsonl.

@@ -30,7 +30,7 @@ from . import engines
 from . import hub, tracking
 from .config import REWARD_MODEL, GRPOConfig
 from .data import PromptSampler, check_prompt_dataset, load_prompt_dataset, make_prompt, row_prompt
-from .evaluation import eos_token_ids, evaluate_policy, load_eval_dataset
+from .evaluation import eos_token_ids, evaluate_policy, load_eval_dataset, retire_eval_results
 from .logprobs import completion_logprobs, completion_logprobs_naive
 from .model import LoraSettings, add_lora, load_adapter, load_policy, lora_targets, resolve_dtype
 from .reference import ReferencePolicy
@@ -732,6 +732,8 @@ class GRPOTrainer:
         pushed = out + "-merged" if merged else out
         state = engines.full_state_dict(acc, self.policy)  # sharded weights: gathered (all processes take part)
         if acc.is_main_process:
+            for d in (out, out + "-merged"):  # what an earlier `llmrl eval` wrote there was of the earlier policy
+                retire_eval_results(d, f"before-step-{self.step_count}")
             save_policy(self.model, out, state)
             self.tok.save_pretrained(out)
             hub.write_model_card(out, cfg, list(self.reward_funcs), "adapter" if self.is_peft else "model",

@@ -348,6 +348,11 @@ def test_resume_and_adapter_take_the_run_settings_the_command_line_leaves_out(tm
     assert json.load(open(run / "final" / "eval.json"))[next(iter(res))]["model"] == model_dir
     with pytest.raises(ValueError, match="eval_examples 0 skips evaluation"):
         _recipe("--eval_only", "--adapter", str(run / "final"), "--eval_examples", "0")
+    # training on rewrites final/: the evaluation of the earlier adapter is kept, no longer under final/eval.json
+    before = json.load(open(run / "final" / "eval.json"))
+    _recipe("--resume", "latest", "--output_dir", str(run), "--max_steps", "3", "--eval_examples", "0")
+    assert not (run / "final" / "eval.json").exists()
+    assert json.load(open(run / "final" / "eval.before-step-3.json")) == before
 
 
 def test_resume_from_an_older_checkpoint_than_the_run_holds_is_refused(tmp_path, tiny_setup):
