@@ -7,6 +7,7 @@ Under an engine that partitions model or optimizer state (FSDP2, DeepSpeed) ever
 model and optimizer through accelerate's save_state (in ENGINE_STATE); the rest is the same for every engine."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -62,6 +63,28 @@ def run_settings(path: str) -> tuple[str, dict] | None:
                 return file, settings
         d = os.path.dirname(d)
     return None
+
+
+def settings_as_defaults(cls, path: str, settings: dict, keep) -> dict:
+    """The `keep` settings (those that are fields of the config class `cls`) as parse_config defaults, printed
+    where they differ from cls's own defaults, so that a user sees what was taken from `path`."""
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    defaults = {k: settings[k] for k in keep if k in settings and k in fields}
+    plain = cls()
+    differ = {k: v for k, v in defaults.items() if v != getattr(plain, k, None) and k != "output_dir"}
+    if differ:
+        shown = ", ".join(f"{k} {v!r}" for k, v in list(differ.items())[:8]) + (", ..." if len(differ) > 8 else "")
+        print(f"settings not given on the command line come from {path}: {shown}", flush=True)
+    return defaults
+
+
+def resume_defaults(cfg) -> dict:
+    """For `--resume`: every setting of the checkpoint's config.json as parse_config defaults (flags given now win,
+    and the trainer checks them against FIXED_ON_RESUME), so a resumed run goes on as it was set up."""
+    path = os.path.join(find_checkpoint(cfg.output_dir, cfg.resume), "config.json")
+    with open(path) as f:
+        settings = json.load(f)
+    return settings_as_defaults(type(cfg), path, settings, [k for k in settings if k != "resume"])
 
 
 BEST_FILE = "best_checkpoint.json"

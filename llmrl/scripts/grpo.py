@@ -18,8 +18,6 @@ for a hub or bundled model), under a label naming the adapter or model, the data
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -105,26 +103,12 @@ def run_defaults(cfg: GRPOConfig, evaluation: bool = False) -> dict:
     from ..llm import checkpoint as ckpt
 
     if cfg.resume and not evaluation:
-        found = (os.path.join(ckpt.find_checkpoint(cfg.output_dir, cfg.resume), "config.json"), None)
-        with open(found[0]) as f:
-            settings = json.load(f)
-        keep = [k for k in settings if k != "resume"]
-    elif cfg.adapter:
-        found = ckpt.run_settings(cfg.adapter)
-        if found is None:
-            return {}
-        settings = found[1]
-        keep = FROM_ADAPTER_RUN_FOR_EVAL if evaluation else FROM_ADAPTER_RUN
-    else:
+        return ckpt.resume_defaults(cfg)
+    found = ckpt.run_settings(cfg.adapter) if cfg.adapter else None
+    if found is None:
         return {}
-    fields = {f.name for f in dataclasses.fields(GRPOConfig) if f.init}
-    defaults = {k: settings[k] for k in keep if k in settings and k in fields}
-    plain = GRPOConfig()
-    differ = {k: v for k, v in defaults.items() if v != getattr(plain, k, None) and k != "output_dir"}
-    if differ:
-        shown = ", ".join(f"{k} {v!r}" for k, v in list(differ.items())[:8]) + (", ..." if len(differ) > 8 else "")
-        print(f"settings not given on the command line come from {found[0]}: {shown}", flush=True)
-    return defaults
+    keep = FROM_ADAPTER_RUN_FOR_EVAL if evaluation else FROM_ADAPTER_RUN
+    return ckpt.settings_as_defaults(type(cfg), *found, keep)
 
 
 def evaluate_only(cfg: GRPOConfig, argv: list[str]) -> dict:

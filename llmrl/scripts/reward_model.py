@@ -2,7 +2,7 @@
 causal-LM backbone with a scalar head (LoRA by default; the head trains fully), pairwise accuracy on held-out
 pairs.
 
-    llmrl preferences --out runs/arithmetic_preferences          # pairs from the bundled model
+    llmrl preferences --output_dir runs/arithmetic_preferences   # pairs from the bundled model
     llmrl rm --eval_dataset runs/arithmetic_preferences          # train on them (bundled backbone)
     accelerate launch -m llmrl.cli rm --model HuggingFaceTB/SmolLM2-360M-Instruct \\
         --dataset trl-lib/ultrafeedback_binarized --eval_dataset trl-lib/ultrafeedback_binarized
@@ -17,12 +17,15 @@ from __future__ import annotations
 import json
 import os
 
+from ..llm import checkpoint as ckpt
 from ..llm.reward_trainer import RewardConfig, RewardTrainer
 from ..utils import cli_main, parse_config
 
 
 def main(argv=None) -> dict:
     cfg = parse_config(RewardConfig, argv)
+    if cfg.resume:  # the run goes on as it was set up; flags given now change what may change
+        cfg = parse_config(RewardConfig, argv, defaults=ckpt.resume_defaults(cfg))
     trainer = RewardTrainer(cfg)
     history = trainer.train()
     out = trainer.save_final()

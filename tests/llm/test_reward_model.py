@@ -473,3 +473,19 @@ def test_reward_model_reports_a_bad_dataset_before_loading_the_model(tmp_path, t
                            "--output_dir", str(tmp_path / "run"), "--overwrite_output_dir", "--report_to", "none",
                            "--torch_threads", "1"])
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+def test_rm_resume_from_the_command_line_keeps_the_runs_settings(tmp_path, capsys):
+    from llmrl.scripts.reward_model import main
+    from tests.llm.tiny import save_tiny
+    model_dir = save_tiny(tmp_path / "model")
+    toy_pairs(12, 0).to_json(str(tmp_path / "pairs.jsonl"))
+    run = tmp_path / "rm"
+    main(["--model", model_dir, "--dataset", str(tmp_path / "pairs.jsonl"), "--output_dir", str(run), "--dtype",
+          "float32", "--per_device_batch_size", "4", "--micro_batch_size", "2", "--max_steps", "1", "--save_steps",
+          "1", "--learning_rate", "3e-3", "--report_to", "none", "--eval_fraction", "0"])
+    capsys.readouterr()
+    main(["--resume", "latest", "--output_dir", str(run), "--max_steps", "2"])
+    assert f"come from {run}/checkpoint-1/config.json: model {model_dir!r}" in capsys.readouterr().out
+    saved = json.load(open(run / "config.json"))
+    assert (saved["model"], saved["learning_rate"], saved["max_steps"]) == (model_dir, 3e-3, 2)
