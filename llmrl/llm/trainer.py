@@ -32,7 +32,7 @@ from .config import REWARD_MODEL, GRPOConfig
 from .data import PromptSampler, check_prompt_dataset, load_prompt_dataset, make_prompt, row_prompt
 from .evaluation import eos_token_ids, evaluate_policy, load_eval_dataset, retire_eval_results
 from .logprobs import completion_logprobs, completion_logprobs_naive
-from .model import LoraSettings, add_lora, load_adapter, load_policy, lora_targets, resolve_dtype
+from .model import LoraSettings, add_lora, load_adapter, load_policy, lora_targets, resolve_dtype, unwrap_peft
 from .reference import ReferencePolicy
 from .rewards import required_columns, resolve_reward_functions, score_completions
 from .sampling import check_logits_path, clock, decode_completions, sample_completions, tokenize_prompts
@@ -153,6 +153,9 @@ class GRPOTrainer:
         # path, peft_config (a peft.LoraConfig for a new adapter)
         config, model, tokenizer = _trl_arguments(config, args, model, tokenizer, processing_class, peft_config)
         cfg = self.cfg = config
+        if model is not None and cfg.model == "bundled":  # config.json, eval labels, the model card: what trains
+            base = unwrap_peft(model)
+            cfg.model = getattr(getattr(base, "config", None), "_name_or_path", "") or f"a {type(base).__name__} object"
         # Checks that can refuse the run come before anything is loaded or written.
         self._resume = ckpt.check_resume(cfg) if cfg.resume else None
         if not cfg.resume:

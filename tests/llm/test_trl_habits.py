@@ -1,5 +1,6 @@
 """TRL habits carry over (issue 19.8): TRL's config names, its trainer keywords, strings where TRL takes strings,
 and trainer.save_model."""
+import json
 import os
 
 import pytest
@@ -71,3 +72,11 @@ def test_trl_keyword_contradictions_are_refused(tmp_path):
     model, tok = tiny_model()
     with pytest.raises(ValueError, match="pass the tokenizer once"):
         GRPOTrainer(GRPOConfig(output_dir=str(tmp_path)), model=model, tokenizer=tok, processing_class=tok)
+
+
+def test_a_model_object_is_recorded_as_what_it_is(tmp_path):
+    from tests.llm.tiny import tiny_trainer
+    tr = tiny_trainer(tmp_path, max_steps=1)
+    assert tr.cfg.model == "a LlamaForCausalLM object"  # not the bundled model the config's default names
+    tr.train()
+    assert json.load(open(tmp_path / "config.json"))["model"] == "a LlamaForCausalLM object"
