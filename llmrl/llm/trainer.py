@@ -153,6 +153,9 @@ class GRPOTrainer:
         # path, peft_config (a peft.LoraConfig for a new adapter)
         config, model, tokenizer = _trl_arguments(config, args, model, tokenizer, processing_class, peft_config)
         cfg = self.cfg = config
+        if model is not None and peft_config is None and not hasattr(model, "peft_config") and cfg.lora_r:
+            raise ValueError(f"GRPOTrainer: lora_r={cfg.lora_r} applies to a model llmrl loads (config.model); a "
+                             f"model object trains as given: pass peft_config=peft.LoraConfig(...) or a peft model")
         if model is not None and cfg.model == "bundled":  # config.json, eval labels, the model card: what trains
             base = unwrap_peft(model)
             cfg.model = getattr(getattr(base, "config", None), "_name_or_path", "") or f"a {type(base).__name__} object"

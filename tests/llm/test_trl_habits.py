@@ -80,3 +80,9 @@ def test_a_model_object_is_recorded_as_what_it_is(tmp_path):
     assert tr.cfg.model == "a LlamaForCausalLM object"  # not the bundled model the config's default names
     tr.train()
     assert json.load(open(tmp_path / "config.json"))["model"] == "a LlamaForCausalLM object"
+
+
+def test_lora_settings_with_a_plain_model_object_are_refused(tmp_path):
+    from tests.llm.tiny import tiny_trainer
+    with pytest.raises(ValueError, match=r"lora_r=8 applies to a model llmrl loads .* pass peft_config="):
+        tiny_trainer(tmp_path, lora=False, lora_r=8)
