@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .logprobs import prompt_positions, run_decoder
-from .model import BUNDLED, LoraSettings, _from_gguf, load_tokenizer, resolve_model
+from .model import BUNDLED, LoraSettings, _from_gguf, hub_load_kwargs, load_tokenizer, resolve_model
 
 
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -38,12 +38,14 @@ def load_reward_model(name_or_path: str | None = BUNDLED, lora: LoraSettings | N
     directory, gguf = resolve_model(name_or_path)
     if gguf is not None:
         directory = _from_gguf(directory, gguf)
+    hub = hub_load_kwargs(directory)  # a hub id while the hub is unreachable: one line at once
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(directory, num_labels=1, dtype=_as_dtype(dtype))
+        model = AutoModelForSequenceClassification.from_pretrained(directory, num_labels=1, dtype=_as_dtype(dtype),
+                                                                   **hub)
     except ValueError as e:
         if "Unrecognized configuration class" not in str(e):
             raise
-        kind = AutoConfig.from_pretrained(directory).model_type
+        kind = AutoConfig.from_pretrained(directory, **hub).model_type
         raise ValueError(f"reward model {name_or_path!r}: transformers has no sequence-classification (scalar head) "
                          f"class for model type {kind!r}; use a backbone it has one for (llama, qwen2, mistral, "
                          f"gpt2, ...)") from None

@@ -738,7 +738,7 @@ class GRPOTrainer:
         pushed = out + "-merged" if merged else out
         state = engines.full_state_dict(acc, self.policy)  # sharded weights: gathered (all processes take part)
         if acc.is_main_process:
-            for d in (out, out + "-merged"):  # what an earlier `llmrl eval` wrote there was of the earlier policy
+            for d in (out, out + "-merged") if merged else (out,):  # an earlier `llmrl eval` there: the old policy
                 retire_eval_results(d, f"before-step-{self.step_count}")
             save_policy(self.model, out, state)
             self.tok.save_pretrained(out)

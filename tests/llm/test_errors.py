@@ -38,6 +38,20 @@ def test_hub_model_in_offline_mode_and_not_cached_is_one_line(monkeypatch, tmp_p
     assert "HF_HUB_OFFLINE is set" in msg and "not in the local hub cache" in msg and "\n" not in msg
 
 
+@pytest.mark.parametrize("offline", [False, True])
+def test_hub_reward_model_without_network_is_one_line(monkeypatch, tmp_path, offline):
+    from huggingface_hub import constants
+    from llmrl.llm.reward_model import load_reward_model
+    monkeypatch.setenv("HF_ENDPOINT", UNREACHABLE)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    t = time.time()
+    with pytest.raises(ConnectionError) as e:
+        load_reward_model("someorg/some-reward-model", None)
+    assert time.time() - t < 10 and "\n" not in str(e.value)
+    assert ("HF_HUB_OFFLINE is set" if offline else "not reachable") in str(e.value)
+
+
 def test_hub_dataset_without_network_fails_fast_in_one_line(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", UNREACHABLE)
     t = time.time()
