@@ -15,7 +15,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from llmrl.llm.trainer import TIMING_METRICS, RolloutBatch  # noqa: E402
-from tests.llm.tiny import tiny_trainer  # noqa: E402
+from tests.llm.tiny import end_process_group, tiny_trainer  # noqa: E402
 
 out = sys.argv[1]
 world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
@@ -64,5 +64,4 @@ def run(estimator: str):
 
 for name in sys.argv[2:]:  # several estimators in one launch (one process group)
     run(name)
-if torch.distributed.is_initialized():
-    torch.distributed.destroy_process_group()
+end_process_group()

@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 
 from llmrl import objectives as O  # noqa: E402
 from llmrl.llm.trainer import RolloutBatch  # noqa: E402
-from tests.llm.tiny import tiny_trainer  # noqa: E402
+from tests.llm.tiny import end_process_group, tiny_trainer  # noqa: E402
 
 out = sys.argv[1]
 world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
@@ -86,5 +86,4 @@ def dynamic_sampling():
 
 for loss in sys.argv[2:]:  # several loss types in one launch (one process group)
     {"advantages": advantages, "dynamic": dynamic_sampling, "schedule": schedule}.get(loss, lambda: run(loss))()
-if torch.distributed.is_initialized():
-    torch.distributed.destroy_process_group()
+end_process_group()

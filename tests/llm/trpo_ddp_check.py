@@ -14,6 +14,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from tests.llm.trpo_tiny import fixed_batch, trpo_trainer  # noqa: E402
+from tests.llm.tiny import end_process_group  # noqa: E402
 
 out = sys.argv[1]
 world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
@@ -25,5 +26,4 @@ for case in sys.argv[2:]:  # several cases in one launch (one process group)
     stats = tr.optimize(fixed_batch(tr, rank, world))
     torch.save({"weights": {k: v.detach() for k, v in tr.model.named_parameters() if v.requires_grad},
                 "stats": stats}, os.path.join(out, f"{optimizer}_{loss_type}_{world}_{rank}.pt"))
-if torch.distributed.is_initialized():
-    torch.distributed.destroy_process_group()
+end_process_group()
