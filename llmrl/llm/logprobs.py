@@ -39,7 +39,10 @@ class LogitsHead:
 
     def __call__(self, hidden: Tensor) -> Tensor:
         """Logits (..., V) of hidden states (..., H), in the order and dtype of the models' own forward."""
-        z = F.linear(hidden, self.weight, self.bias)
+        return self.scaled(F.linear(hidden, self.weight, self.bias))
+
+    def scaled(self, z: Tensor) -> Tensor:
+        """The logits of the output layer's result z = W h + b: the scale, then the soft-cap."""
         if self.scale != 1.0:
             z = z * self.scale
         if self.softcap is not None:

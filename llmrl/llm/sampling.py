@@ -101,14 +101,15 @@ def finish(tokens: Tensor, eos_ids: Tensor, pad_id: int) -> Completions:
     return Completions(tokens.masked_fill(after, pad_id), mask, ~is_eos.any(-1))
 
 
-def decoder_for(model, engine: str, rows: int, length: int):
+def decoder_for(model, engine: str, rows: int, length: int, decode_rows: int | None = None):
     """(run, head, empty cache) of the forward that decodes: the lean Llama-family decoder when engine="auto" and
     `fast_decode.supports(model)`, else the model's own decoder with a DynamicCache. `run` has the signature of
-    `logprobs.run_decoder` without its first argument; the cache has room for `rows` x `length` tokens."""
+    `logprobs.run_decoder` without its first argument; the cache has room for `rows` x `length` tokens.
+    `decode_rows` (rows x G once the prefill is repeated) only tunes the lean decoder's weight layout."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if engine == "auto" and fast_decode.supports(model):
-        lean = fast_decode.LlamaSampler(model)
+        lean = fast_decode.LlamaSampler(model, rows=decode_rows or rows)
         return lean.run, lean.head, lean.new_cache(rows, length, lean.embed.device)
     from transformers import DynamicCache
 
@@ -150,7 +151,7 @@ def sample_completions(model, prompt_ids: Tensor, prompt_mask: Tensor, num_gener
     next_token = lambda logits: sample_token(logits, temperature, top_p, top_k, generator)  # noqa: E731
     B, P = prompt_ids.shape
     t0 = clock(dev)
-    run, head, cache = decoder_for(model, engine, B, P + max_new_tokens)
+    run, head, cache = decoder_for(model, engine, B, P + max_new_tokens, B * num_generations)
     t1 = clock(dev)
     prefix = prefill(run, prompt_ids, prompt_mask, num_generations, cache)
     t2 = clock(dev)
@@ -172,7 +173,7 @@ def teacher_forced_logits(model, engine: str, prompt_ids: Tensor, prompt_mask: T
         return continuation[:, len(seen) - 1]
 
     (B, P), C = prompt_ids.shape, continuation.shape[1]
-    run, head, cache = decoder_for(model, engine, B, P + C)
+    run, head, cache = decoder_for(model, engine, B, P + C, B * num_generations)
     prefix = prefill(run, prompt_ids, prompt_mask, num_generations, cache)
     decode_loop(run, head, prefix, C, teacher, torch.tensor([-1], device=prompt_ids.device), -1)  # no EOS
     return torch.stack(seen, 1)

@@ -3,6 +3,7 @@ padding, GQA, biases, untied heads, rope kinds), declines every option it does n
 what the generic decode loop samples from the same random stream."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from llmrl.llm import fast_decode
 from llmrl.llm.sampling import decoder_for, sample_completions, teacher_forced_logits, tokenize_prompts
@@ -105,3 +106,52 @@ def test_disabled_adapter_gives_base_weights():
     with model.disable_adapter():
         plain, _ = fast_decode.effective_weight(layer, torch.float32)
     assert torch.equal(plain, base_q)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_linear_is_f_linear(dtype):
+    """The lean decoder's Linear (weights packed once for oneDNN) gives F.linear's result for any batch shape and
+    for non-contiguous inputs: bit-identical in bf16, to rounding in fp32 (another summation order)."""
+    if not fast_decode.packing_works(dtype):
+        pytest.skip(f"this torch/CPU cannot pack {dtype} weights for oneDNN (F.linear is used: nothing to compare)")
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(96, 64, generator=g).to(dtype), torch.randn(96, generator=g).to(dtype)
+    for bias in (b, None):
+        lin = fast_decode.Linear(w, bias, rows=16)
+        assert lin.packed
+        for x in (torch.randn(16, 64, generator=g), torch.randn(3, 7, 64, generator=g),
+                  torch.randn(200, 64, generator=g), torch.randn(16, 2, 64, generator=g)[:, 0]):
+            x = x.to(dtype)
+            if dtype == torch.bfloat16:
+                assert torch.equal(lin(x), F.linear(x, w, bias))
+            else:
+                torch.testing.assert_close(lin(x), F.linear(x, w, bias), atol=1e-5, rtol=1e-5)
+
+
+def test_lean_decoder_without_packed_weights_is_the_same(monkeypatch):
+    """Where oneDNN cannot pack (GPUs, other builds) the lean decoder multiplies with F.linear: same logits."""
+    model, tok = tiny_causal_lm("llama", attention_bias=True)
+    model = random_lora(model)
+    ids, mask, cont, gi = _prompts(tok)
+    packed = teacher_forced_logits(model, "auto", ids, mask, cont, num_generations=2)
+    monkeypatch.setattr(fast_decode, "packing_works", lambda dtype: False)
+    run, _, _ = decoder_for(model, "auto", 1, 1)
+    assert not run.__self__.layers[0]["qkv"].packed
+    plain = teacher_forced_logits(model, "auto", ids, mask, cont, num_generations=2)
+    torch.testing.assert_close(plain, packed, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(plain, own_logits(model, ids, mask, cont, gi), atol=1e-4)
+
+
+def test_lean_decoder_in_bf16_is_the_models_bf16_forward():
+    """In bf16 (dtype auto on CPUs with fast bf16) the lean decoder is as close to the fp32 logits as the bf16
+    model's own forward is (within 2x: another order of the same bf16 operations)."""
+    model, tok = tiny_causal_lm("llama")
+    model = random_lora(model)
+    ids, mask, cont, gi = _prompts(tok)
+    exact = own_logits(model, ids, mask, cont, gi)
+    model = model.to(torch.bfloat16)
+    lean = teacher_forced_logits(model, "auto", ids, mask, cont, num_generations=2).float()
+    own = own_logits(model, ids, mask, cont, gi).float()
+    bf16_error = (own - exact).abs().max()  # the bf16 model's own distance from its fp32 logits
+    assert bf16_error > 0
+    assert (lean - exact).abs().max() <= 2 * bf16_error
