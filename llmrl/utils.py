@@ -17,7 +17,7 @@ import shutil
 import sys
 import time
 import typing
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import numpy as np
 import torch
@@ -53,10 +53,12 @@ def program_name() -> str | None:
     return _commands[-1] if _commands else None
 
 
-def _config_parser(classes: Sequence[type], defaults: dict[str, Any] | None):
+def _config_parser(classes: Sequence[type], defaults: dict[str, Any] | None, shown: Collection[str] | None = None,
+                   description: str | None = None):
     """transformers.HfArgumentParser for `classes` with no abbreviations (`--env` is not guessed to be `--env_id`),
     each class's `ALIASES: ClassVar[dict[str, str]]` (alias flag -> field) accepted as that field, one-line errors,
-    and `--no_FIELD` help (a bool field that defaults to True) taken from the field's metadata["help_off"]."""
+    and `--no_FIELD` help (a bool field that defaults to True) taken from the field's metadata["help_off"]. With
+    `shown`, --help lists only those fields (the others are still accepted)."""
     from transformers import HfArgumentParser
 
     class ConfigParser(HfArgumentParser):
@@ -71,6 +73,8 @@ def _config_parser(classes: Sequence[type], defaults: dict[str, Any] | None):
                     continue
                 meta = dict(f.metadata)
                 help_off = meta.pop("help_off", f"Same as --{f.name} False.")
+                if shown is not None and f.name not in shown:
+                    meta["help"] = help_off = argparse.SUPPRESS
                 meta["aliases"] = [f"--{alias}" for alias, name in aliases.items() if name == f.name]
                 f = copy.copy(f)
                 f.type, f.metadata = hints[f.name], meta
@@ -83,7 +87,9 @@ def _config_parser(classes: Sequence[type], defaults: dict[str, Any] | None):
         def error(self, message):  # argparse prints its usage block first: one line is enough
             fail(message)
 
-    parser = ConfigParser(list(classes), allow_abbrev=False, prog=program_name())
+    parser = ConfigParser(list(classes), allow_abbrev=False, prog=program_name(), description=description)
+    if shown is not None and set(shown) - {a.dest for a in parser._actions}:
+        raise TypeError(f"parse_config shown names no field: {sorted(set(shown) - {a.dest for a in parser._actions})}")
     if defaults:
         known = {a.dest for a in parser._actions}
         unknown = sorted(set(defaults) - known)
@@ -146,14 +152,15 @@ def flag_given(argv: Sequence[str], name: str) -> bool:
 
 
 def parse_config(cls: type | tuple[type, ...], argv: Sequence[str] | None = None,
-                 defaults: dict[str, Any] | None = None) -> Any:
+                 defaults: dict[str, Any] | None = None, shown: Collection[str] | None = None,
+                 description: str | None = None) -> Any:
     """Parse `--field value` flags into the dataclass `cls` (or into each of a tuple of dataclasses, returning a
     tuple). `defaults` replaces field defaults (a recipe's own settings; `--help` shows them). `--help` lists every
-    field with its metadata["help"]. `--config FILE.yaml` reads flags from a YAML mapping (command-line flags win).
+    field with its metadata["help"] (only the `shown` fields when given, under `description`). `--config FILE.yaml` reads flags from a YAML mapping (command-line flags win).
     A flag error prints one line `error: ...` (an unknown flag with the closest field names) and exits with code
     2; a value the config's `__post_init__` refuses raises its ValueError (see `cli_main`)."""
     classes = cls if isinstance(cls, tuple) else (cls,)
-    parser = _config_parser(classes, defaults)
+    parser = _config_parser(classes, defaults, shown, description)
     parser.add_argument("--config", default=None, help="A YAML file of settings (key: value); flags given on the "
                                                         "command line override it.")
     argv = expand_config_file(list(sys.argv[1:] if argv is None else argv))

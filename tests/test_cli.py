@@ -34,8 +34,8 @@ def test_each_subcommand_parses_the_recipes_config(monkeypatch, tmp_path, comman
     class Stop(Exception):
         pass
 
-    def record(c, argv=None, defaults=None):
-        out = parse_config(c, argv, defaults)
+    def record(c, argv=None, defaults=None, **help_options):
+        out = parse_config(c, argv, defaults, **help_options)
         parsed.append(out)
         raise Stop
     monkeypatch.setattr(mod, "parse_config", record)
@@ -88,3 +88,23 @@ def test_deepspeeds_cpu_notice_stays_out_of_a_run_without_deepspeed():
                              env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
         assert res.returncode == 0 and res.stdout.strip().endswith("Linear"), res.stderr
         assert ("Setting accelerator to CPU" in res.stdout + res.stderr) == shown
+
+
+def test_eval_help_lists_the_evaluations_settings(capsys):
+    """`llmrl eval --help` lists what the evaluation reads, not the training flags (which are still accepted)."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["eval", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("usage: llmrl eval ")
+    for flag in ("--adapter", "--model", "--eval_examples", "--eval_pass_k", "--max_new_tokens", "--output_dir"):
+        assert flag in out, flag
+    for flag in ("--learning_rate", "--beta", "--num_generations", "--save_steps", "--lora_r"):
+        assert flag not in out, flag
+    from llmrl.llm.config import GRPOConfig
+    from llmrl.scripts.grpo import EVAL_SETTINGS
+    from llmrl.utils import parse_config
+    cfg = parse_config(GRPOConfig, ["--learning_rate", "0.5", "--eval_examples", "3"], shown=EVAL_SETTINGS)
+    assert cfg.learning_rate == 0.5 and cfg.eval_examples == 3
+    with pytest.raises(SystemExit) as e:
+        cli.main(["grpo", "--help"])
+    assert "--learning_rate" in capsys.readouterr().out  # training lists everything

@@ -68,31 +68,31 @@ def _json_fault(path: str) -> str | None:
     return None
 
 
-def _load_file(path: str) -> datasets.Dataset:
+def _load_file(path: str, setting: str = "dataset") -> datasets.Dataset:
     ext = os.path.splitext(path)[1].lower()
     if ext not in _LOADERS:
-        raise ValueError(f"load_prompt_dataset: {path!r} has extension {ext!r}; use one of {', '.join(_LOADERS)}")
+        raise ValueError(f"{setting}: {path!r} has extension {ext!r}; use one of {', '.join(_LOADERS)}")
     try:
         dataset = _LOADERS[ext](path)
     except Exception as e:  # datasets says "An error occurred while generating the dataset" (or a bare StopIteration)
         fault = _json_fault(path) if ext in (".json", ".jsonl") else None
         if fault is None:
             fault = f"cannot be read ({type(e).__name__}: {' '.join(str(e).split())})"
-        raise ValueError(f"load_prompt_dataset: {path} {fault}") from e
+        raise ValueError(f"{setting}: {path} {fault}") from e
     if len(dataset) == 0:
-        raise ValueError(f"load_prompt_dataset: {path} has no rows")
+        raise ValueError(f"{setting}: {path} has no rows")
     return dataset
 
 
-def _split_file(directory: str, split: str) -> str:
+def _split_file(directory: str, split: str, setting: str = "dataset", split_setting: str = "dataset_split") -> str:
     candidates = [os.path.join(directory, split + ext) for ext in _LOADERS]
     found = [c for c in candidates if os.path.isfile(c)]
     if not found:
-        raise FileNotFoundError(f"load_prompt_dataset: directory {directory!r} has no {split}.jsonl/.json/.parquet/"
+        raise FileNotFoundError(f"{setting}: directory {directory!r} has no {split}.jsonl/.json/.parquet/"
                                 f".csv (files: {', '.join(sorted(os.listdir(directory))) or 'none'}); pass "
-                                f"split= one of those or a file path")
+                                f"--{split_setting} one of those, or a file path")
     if len(found) > 1:
-        raise ValueError(f"load_prompt_dataset: directory {directory!r} has several files for split {split!r} "
+        raise ValueError(f"{setting}: directory {directory!r} has several files for split {split!r} "
                          f"({', '.join(os.path.basename(f) for f in found)}); pass the file path instead")
     return found[0]
 
@@ -101,7 +101,8 @@ def _looks_local(spec: str) -> bool:
     return (spec.startswith(("/", ".", "~")) or os.path.splitext(spec)[1].lower() in _LOADERS)
 
 
-def load_prompt_dataset(spec: str, split: str | None = None, config_name: str | None = None) -> datasets.Dataset:
+def load_prompt_dataset(spec: str, split: str | None = None, config_name: str | None = None, setting: str = "dataset",
+                        split_setting: str = "dataset_split") -> datasets.Dataset:
     """A prompt dataset by name, from a local file or directory, or from the Hugging Face hub.
 
     - a bundled name (BUNDLED_DATASETS, e.g. "arithmetic"): the data shipped inside llmrl, its `{split}.jsonl`;
@@ -110,19 +111,20 @@ def load_prompt_dataset(spec: str, split: str | None = None, config_name: str | 
     - a directory: its `{split}.jsonl` (or .json/.parquet/.csv), split defaulting to "train";
     - anything else: `datasets.load_dataset(spec, config_name, split=split or "train")`; `openai/gsm8k` defaults
       to config "main".
-    A file that cannot be read (a malformed line: its number) or that has no rows is a one-line error.
+    A file that cannot be read (a malformed line: its number) or that has no rows is a one-line error naming
+    `setting` (and `split_setting` for a missing split): the settings the caller read spec and split from.
     """
     if spec in BUNDLED_DATASETS:
-        return _load_file(_split_file(bundled_dataset_dir(spec), split or "train"))
+        return _load_file(_split_file(bundled_dataset_dir(spec), split or "train", setting, split_setting), setting)
     path = os.path.expanduser(spec)
     if os.path.isdir(path):
-        return _load_file(_split_file(path, split or "train"))
+        return _load_file(_split_file(path, split or "train", setting, split_setting), setting)
     if os.path.isfile(path):
-        return _load_file(path)
+        return _load_file(path, setting)
     if _looks_local(spec):
-        raise FileNotFoundError(f"load_prompt_dataset: local path {spec!r} does not exist")
+        raise FileNotFoundError(f"{setting}: local path {spec!r} does not exist")
     config_name = config_name or _DEFAULT_CONFIGS.get(spec)
-    what = (f"load_prompt_dataset: {spec!r} is not a local path or bundled dataset ({', '.join(BUNDLED_DATASETS)}) "
+    what = (f"{setting}: {spec!r} is not a local path or bundled dataset ({', '.join(BUNDLED_DATASETS)}) "
             f"and")
     fix = "pass a local .jsonl/.json/.parquet/.csv file or directory"
     if not datasets.config.HF_HUB_OFFLINE:  # fail at once, not after a minute of retries

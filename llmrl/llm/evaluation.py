@@ -103,7 +103,8 @@ def load_eval_dataset(cfg, tokenizer, dataset=None):
     error naming it."""
     name = "the eval_dataset given" if dataset is not None else f"{cfg.eval_dataset or cfg.dataset} ({cfg.eval_split})"
     if dataset is None:
-        dataset = load_prompt_dataset(cfg.eval_dataset or cfg.dataset, cfg.eval_split, cfg.dataset_config)
+        dataset = load_prompt_dataset(cfg.eval_dataset or cfg.dataset, cfg.eval_split, cfg.dataset_config,
+                                      "eval_dataset" if cfg.eval_dataset else "dataset", "eval_split")
     try:
         check_prompt_dataset(dataset, tokenizer, cfg.prompt_column, cfg.system_prompt,
                              required_columns(resolve_reward_functions(cfg.eval_reward)))

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None, no_pair_fix: dict[str, str] | None = Non
     for split, n, name in ((cfg.train_split, cfg.num_prompts, "train"), (cfg.test_split, cfg.num_test_prompts, "test")):
         if n == 0:
             continue
-        data = load_prompt_dataset(cfg.dataset, split)
+        data = load_prompt_dataset(cfg.dataset, split, split_setting=f"{name}_split")
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed)).tolist()[:n]
         rows, stats = generate_preference_pairs(
             model, tok, [data[i] for i in order], cfg.reward_funcs, cfg.num_generations, cfg.pairs_per_prompt,

@@ -162,7 +162,8 @@ class RewardTrainer:
             train_dataset = load_prompt_dataset(cfg.dataset, cfg.dataset_split, cfg.dataset_config)
         check_preference_columns(train_dataset)
         if eval_dataset is None and cfg.eval_dataset is not None:
-            eval_dataset = load_prompt_dataset(cfg.eval_dataset, cfg.eval_split, cfg.dataset_config)
+            eval_dataset = load_prompt_dataset(cfg.eval_dataset, cfg.eval_split, cfg.dataset_config, "eval_dataset",
+                                               "eval_split")
         elif eval_dataset is None and cfg.eval_fraction > 0:
             split = train_dataset.train_test_split(test_size=cfg.eval_fraction, seed=cfg.seed)
             train_dataset, eval_dataset = split["train"], split["test"]

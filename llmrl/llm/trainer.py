@@ -160,9 +160,9 @@ class GRPOTrainer:
             base = unwrap_peft(model)
             cfg.model = getattr(getattr(base, "config", None), "_name_or_path", "") or f"a {type(base).__name__} object"
         # Checks that can refuse the run come before anything is loaded or written.
+        # (An output_dir holding a run is refused by train(), which can also resume it as TRL's
+        # train(resume_from_checkpoint=...) does; the command line checks it before loading anything.)
         self._resume = ckpt.check_resume(cfg) if cfg.resume else None
-        if not cfg.resume:
-            ckpt.check_fresh_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
         tracking.check_wandb_login(cfg.report_to)
         report_to = [t for t in cfg.report_to if t != "none"]
         # DDP, FSDP2 or DeepSpeed as the launch asked, or a one-line refusal (llmrl/llm/engines.py)
@@ -615,12 +615,23 @@ class GRPOTrainer:
             tracking.log_completions_table(self.acc, rows, step)
 
     # ------------------------------------------------------------------ the loop
-    def train(self) -> list[dict]:
+    def train(self, resume_from_checkpoint: str | bool | None = None) -> list[dict]:
         """Run steps until max_steps, logging and checkpointing; Ctrl-C finishes the current step, saves a
-        checkpoint and raises KeyboardInterrupt (a second Ctrl-C stops at once)."""
+        checkpoint and raises KeyboardInterrupt (a second Ctrl-C stops at once).
+
+        resume_from_checkpoint (TRL's argument): True for the latest checkpoint in output_dir, or a checkpoint's
+        path; the same as config.resume, with the same checks. Without it (and without config.resume) an
+        output_dir already holding a run is refused unless config.overwrite_output_dir."""
         from tqdm.auto import tqdm
 
         cfg, acc = self.cfg, self.acc
+        if resume_from_checkpoint not in (None, False):
+            if self._resume is not None or self.step_count:
+                raise ValueError(f"train(resume_from_checkpoint={resume_from_checkpoint!r}): this trainer already "
+                                 f"resumed or trained (config.resume={cfg.resume!r}, step {self.step_count}); "
+                                 f"pass one of them")
+            cfg.resume = "latest" if resume_from_checkpoint is True else str(resume_from_checkpoint)
+            self._resume = ckpt.check_resume(cfg)
         # what can refuse the run comes before anything is written
         if cfg.push_to_hub and self.hub_repo_id is None:
             self.check_push_to_hub()

@@ -22,6 +22,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from ..llm.checkpoint import check_fresh_output_dir
 from ..llm.config import GRPOConfig
 from ..llm.evaluation import describe, eval_label, evaluate_policy, format_result, load_eval_dataset, save_eval_results
 from ..llm.model import load_tokenizer
@@ -35,6 +36,13 @@ FROM_ADAPTER_RUN = ("model", "dtype")
 FROM_ADAPTER_RUN_FOR_EVAL = FROM_ADAPTER_RUN + (
     "dataset", "dataset_config", "eval_dataset", "eval_split", "prompt_column", "system_prompt", "max_new_tokens",
     "temperature", "top_p", "top_k", "eval_reward", "eval_pass_k", "eval_num_samples")
+
+# The settings `llmrl eval --help` lists: what the evaluation reads (the other GRPO flags are accepted, unused)
+EVAL_SETTINGS = FROM_ADAPTER_RUN_FOR_EVAL + ("adapter", "eval_examples", "eval_batch_size", "sampler", "seed",
+                                             "output_dir", "use_cpu", "torch_threads")
+EVAL_HELP = ("Greedy accuracy (and pass@k) of --model, with --adapter if given. An adapter trained by llmrl brings its "
+             "run's model, data, prompts and decoding unless a flag says otherwise. The training flags of `llmrl "
+             "grpo` are accepted too and do not change the evaluation.")
 
 
 @dataclass
@@ -53,7 +61,9 @@ def main(argv=None) -> dict:
     if args.eval_only:
         return evaluate_only(cfg, argv)
     # Everything that can refuse the run comes before the before-evaluation: the eval set here (before the model
-    # loads), the output directory and the training set in the trainer's constructor, the hub just after.
+    # loads), the output directory, then the training set in the trainer's constructor, the hub just after.
+    if not cfg.resume:
+        check_fresh_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
     eval_set = load_eval_dataset(cfg, load_tokenizer(cfg.model)) if cfg.eval_examples else None
     trainer = GRPOTrainer(cfg, eval_dataset=eval_set)
     if cfg.push_to_hub:
@@ -92,7 +102,9 @@ def main(argv=None) -> dict:
 def evaluate_main(argv=None) -> dict:
     """`llmrl eval`: the GRPO flags, evaluation only."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = parse_config(GRPOConfig, argv, defaults=run_defaults(parse_config(GRPOConfig, argv), evaluation=True))
+    shown = dict(shown=EVAL_SETTINGS, description=EVAL_HELP)
+    cfg = parse_config(GRPOConfig, argv, **shown)
+    cfg = parse_config(GRPOConfig, argv, defaults=run_defaults(cfg, evaluation=True), **shown)
     return evaluate_only(cfg, argv)
 
 

@@ -138,4 +138,24 @@ def test_a_run_that_failed_before_its_first_step_does_not_block_the_retry(tmp_pa
     tiny_trainer(tmp_path, overwrite_output_dir=False, max_steps=1).train()  # the retry runs
     assert len(_metrics(str(tmp_path))) == 1
     with pytest.raises(FileExistsError, match="already holds a run"):  # now it holds one
-        tiny_trainer(tmp_path, overwrite_output_dir=False, max_steps=1)
+        tiny_trainer(tmp_path, overwrite_output_dir=False, max_steps=1).train()
+    assert len(_metrics(str(tmp_path))) == 1  # refused before anything was written
+
+
+def test_trl_train_resume_from_checkpoint(tmp_path):
+    """TRL's habit, trainer.train(resume_from_checkpoint=True or a checkpoint's path): the trainer is built over the
+    earlier run without a refusal, and the resumed run equals one uninterrupted run."""
+    def weights(tr):
+        return [v.detach().clone() for v in tr.model.parameters() if v.requires_grad]
+
+    full = tiny_trainer(tmp_path / "full", max_steps=3, save_steps=0)
+    full.train()
+    for how in (True, "path"):
+        run = tmp_path / f"run_{how}"
+        tiny_trainer(run, max_steps=2, save_steps=1).train()
+        tr = tiny_trainer(run, max_steps=3, save_steps=1, overwrite_output_dir=False)
+        tr.train(resume_from_checkpoint=True if how is True else str(run / "checkpoint-2"))
+        assert _metrics(run) == _metrics(tmp_path / "full")
+        assert all(torch.equal(a, b) for a, b in zip(weights(tr), weights(full)))
+    with pytest.raises(ValueError, match=r"resume_from_checkpoint=True\): this trainer already resumed"):
+        tr.train(resume_from_checkpoint=True)

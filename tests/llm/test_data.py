@@ -77,13 +77,16 @@ def test_bundled_data_is_in_the_built_wheel(tmp_path):
 
 
 def test_load_missing_paths(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"load_prompt_dataset: local path '.*nope\.jsonl' does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"dataset: local path '.*nope\.jsonl' does not exist"):
         load_prompt_dataset(str(tmp_path / "nope.jsonl"))
     with pytest.raises(FileNotFoundError, match=r"local path 'missing\.parquet' does not exist"):
         load_prompt_dataset("missing.parquet")
     write_jsonl(tmp_path / "train.jsonl", ROWS)
-    with pytest.raises(FileNotFoundError, match=r"has no validation\.jsonl/.*\(files: train\.jsonl\)"):
+    with pytest.raises(FileNotFoundError, match=r"^dataset: .*has no validation\.jsonl/.*\(files: train\.jsonl\); "
+                                                r"pass --dataset_split one of those, or a file path$"):
         load_prompt_dataset(str(tmp_path), split="validation")
+    with pytest.raises(FileNotFoundError, match=r"^eval_dataset: .*pass --eval_split one of those"):  # named by caller
+        load_prompt_dataset(str(tmp_path), split="validation", setting="eval_dataset", split_setting="eval_split")
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match=r"has extension '\.txt'"):
         load_prompt_dataset(str(tmp_path / "notes.txt"))
@@ -107,7 +110,7 @@ def test_load_hub_name_defaults_and_error_prefix(monkeypatch):
     with pytest.raises(SetupError) as e:  # a user's error: one line from every recipe
         load_prompt_dataset("someone/other")
     assert "\n" not in str(e.value)
-    assert str(e.value).startswith("load_prompt_dataset: 'someone/other' is not a local path or bundled dataset "
+    assert str(e.value).startswith("dataset: 'someone/other' is not a local path or bundled dataset "
                                    "(arithmetic) and loading it from the Hugging Face hub failed: ConnectionError: "
                                    "Couldn't reach the hub; pass a local")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
@@ -127,7 +130,7 @@ def test_load_hub_name_defaults_and_error_prefix(monkeypatch):
 ])
 def test_unreadable_or_empty_files_are_one_line_errors(tmp_path, name, text, message):
     (tmp_path / name).write_text(text)
-    with pytest.raises(ValueError, match=r"^load_prompt_dataset: .*" + message) as e:
+    with pytest.raises(ValueError, match=r"^dataset: .*" + message) as e:
         load_prompt_dataset(str(tmp_path / name))
     assert "\n" not in str(e.value) and str(tmp_path / name) in str(e.value)
 
