@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field, fields
+from functools import partial
 
 from ..objectives.advantages import SCALES, SEQUENCE_ESTIMATORS, TOKEN_ESTIMATORS
 from ..objectives.kl import KL_ESTIMATORS, KL_GRADIENTS
@@ -27,6 +28,45 @@ REWARD_MODEL = "reward_model"  # the name of the --reward_model reward among rew
 def _h(text: str, help_off: str | None = None, **kw):
     """A field with its --help line (and, for a bool that defaults to True, the line of its --no_ flag)."""
     return field(metadata={"help": text} | ({"help_off": help_off} if help_off else {}), **kw)
+
+
+def move_trl_setting(config, need, trl: str, ours: str, value, clear: bool = True) -> None:
+    """Set `config.ours` from the TRL-named setting `config.trl` (given as `value`, what it means for ours) and clear
+    the TRL name; refused through `need` when `ours` was given too with another value. A TRL name left None is
+    skipped."""
+    if getattr(config, trl) is None:
+        return
+    default = next(f.default for f in fields(config) if f.name == ours)
+    current = getattr(config, ours)
+    need(current == default or current == value, f"{trl}={getattr(config, trl)!r} contradicts {ours}={current!r}; "
+                                                 f"give one of them")
+    setattr(config, ours, value)
+    if clear:
+        setattr(config, trl, None)
+
+
+def apply_trainer_trl_names(config, need) -> None:
+    """The TRL (transformers TrainingArguments) names every llmrl trainer config takes: per_device_train_batch_size
+    with gradient_accumulation_steps (-> per_device_batch_size, micro_batch_size), bf16 (-> dtype),
+    lr_scheduler_type, per_device_eval_batch_size, resume_from_checkpoint (True/'true' -> 'latest')."""
+    move = partial(move_trl_setting, config, need)
+    if config.per_device_train_batch_size is not None:
+        micro, steps = config.per_device_train_batch_size, config.gradient_accumulation_steps or 1
+        move("per_device_train_batch_size", "per_device_batch_size", micro * steps, clear=False)
+        move("per_device_train_batch_size", "micro_batch_size", micro)
+        config.gradient_accumulation_steps = None
+    need(config.gradient_accumulation_steps is None,
+         "gradient_accumulation_steps needs per_device_train_batch_size (TRL's pair); or set llmrl's "
+         "per_device_batch_size (per optimizer step) and micro_batch_size (per forward/backward)")
+    if config.bf16 is not None:
+        move("bf16", "dtype", "bfloat16" if config.bf16 else "float32")
+    move("lr_scheduler_type", "lr_scheduler", config.lr_scheduler_type)
+    move("per_device_eval_batch_size", "eval_batch_size", config.per_device_eval_batch_size)
+    if config.resume_from_checkpoint is not None:
+        flag = str(config.resume_from_checkpoint).lower()
+        move("resume_from_checkpoint", "resume", "latest" if flag == "true" else config.resume_from_checkpoint)
+        if flag == "false":
+            config.resume = None
 
 
 @dataclass
@@ -431,40 +471,13 @@ class GRPOConfig:
     def _apply_trl_names(self, need) -> None:
         """Move each TRL-named setting onto the llmrl setting it means (then clear it, so config.json records each
         setting once); a TRL name that contradicts an llmrl setting given too is refused."""
-        defaults = {f.name: f.default for f in fields(self)}
-
-        def move(trl: str, ours: str, value, clear: bool = True) -> None:
-            if getattr(self, trl) is None:
-                return
-            current = getattr(self, ours)
-            need(current == defaults[ours] or current == value,
-                 f"{trl}={getattr(self, trl)!r} contradicts {ours}={current!r}; give one of them")
-            setattr(self, ours, value)
-            if clear:
-                setattr(self, trl, None)
-
+        move = partial(move_trl_setting, self, need)
         need(not self.use_vllm, "use_vllm: vLLM is not supported; llmrl samples with its own decoder (drop use_vllm)")
-        if self.per_device_train_batch_size is not None:
-            micro, steps = self.per_device_train_batch_size, self.gradient_accumulation_steps or 1
-            move("per_device_train_batch_size", "per_device_batch_size", micro * steps, clear=False)
-            move("per_device_train_batch_size", "micro_batch_size", micro)
-            self.gradient_accumulation_steps = None
-        need(self.gradient_accumulation_steps is None,
-             "gradient_accumulation_steps needs per_device_train_batch_size (TRL's pair); or set llmrl's "
-             "per_device_batch_size (completions per step) and micro_batch_size (per forward/backward)")
+        apply_trainer_trl_names(self, need)
         move("max_completion_length", "max_new_tokens", self.max_completion_length)
-        if self.bf16 is not None:
-            move("bf16", "dtype", "bfloat16" if self.bf16 else "float32")
         move("epsilon", "clip_low", self.epsilon)
         move("epsilon_high", "clip_high", self.epsilon_high)
         move("importance_sampling_level", "ratio_level", self.importance_sampling_level)
-        move("lr_scheduler_type", "lr_scheduler", self.lr_scheduler_type)
-        move("per_device_eval_batch_size", "eval_batch_size", self.per_device_eval_batch_size)
-        if self.resume_from_checkpoint is not None:
-            flag = str(self.resume_from_checkpoint).lower()
-            move("resume_from_checkpoint", "resume", "latest" if flag == "true" else self.resume_from_checkpoint)
-            if flag == "false":
-                self.resume = None
         need(self.num_train_epochs is None or self.max_steps is None,
              "num_train_epochs and max_steps both given; give one of them")
 

@@ -24,7 +24,7 @@ from torch import Tensor
 from .. import objectives as O
 from ..utils import RunLogger, atomic_write_text, config_dict, seed_everything, set_threads, truncate_jsonl
 from . import checkpoint as ckpt
-from .config import _h
+from .config import _h, apply_trainer_trl_names
 from .data import PromptSampler, check_columns, load_prompt_dataset
 from .model import LoraSettings, lora_targets, resolve_dtype
 from .reward_model import ScoreModel, add_reward_lora, load_reward_model, pad_sequences, tokenize_conversation
@@ -87,11 +87,24 @@ class RewardConfig:
                             help_off="No progress bar (for logs and batch jobs).")
     torch_threads: int = _h("CPU threads torch may use (0 = its default, one per core; 1 on a shared machine).",
                             default=0)
+    # --- TRL's names (TRL RewardConfig users' habits): each sets the llmrl setting named in its help ---
+    per_device_train_batch_size: int | None = _h("TRL: pairs per forward/backward; sets micro_batch_size, and "
+                                                 "per_device_batch_size = it x gradient_accumulation_steps.",
+                                                 default=None)
+    gradient_accumulation_steps: int | None = _h("TRL: micro-batches per optimizer step (see "
+                                                 "per_device_train_batch_size).", default=None)
+    bf16: bool | None = _h("TRL: True sets dtype=bfloat16, False dtype=float32.", default=None)
+    lr_scheduler_type: str | None = _h("TRL: sets lr_scheduler.", default=None)
+    per_device_eval_batch_size: int | None = _h("TRL: sets eval_batch_size.", default=None)
+    resume_from_checkpoint: str | None = _h("TRL: sets resume (a checkpoint path, or 'true' for the latest).",
+                                            default=None)
 
     def __post_init__(self):
         def need(ok: bool, msg: str):
             if not ok:
                 raise ValueError(f"RewardConfig: {msg}")
+
+        apply_trainer_trl_names(self, need)
 
         if isinstance(self.report_to, str):  # as TRL: one tracker name as a string
             self.report_to = [self.report_to]

@@ -489,3 +489,22 @@ def test_rm_resume_from_the_command_line_keeps_the_runs_settings(tmp_path, capsy
     assert f"come from {run}/checkpoint-1/config.json: model {model_dir!r}" in capsys.readouterr().out
     saved = json.load(open(run / "config.json"))
     assert (saved["model"], saved["learning_rate"], saved["max_steps"]) == (model_dir, 3e-3, 2)
+
+
+def test_reward_config_takes_trls_names():
+    """TRL RewardConfig habits: each TRL name sets the llmrl setting it means (then is cleared), on the command
+    line too; one that contradicts the llmrl setting given with it is refused by name."""
+    from llmrl.utils import parse_config
+    cfg = RewardConfig(per_device_train_batch_size=4, gradient_accumulation_steps=2, bf16=False,
+                       lr_scheduler_type="cosine", per_device_eval_batch_size=3, resume_from_checkpoint="true")
+    assert (cfg.per_device_batch_size, cfg.micro_batch_size, cfg.dtype, cfg.lr_scheduler, cfg.eval_batch_size,
+            cfg.resume) == (8, 4, "float32", "cosine", 3, "latest")
+    assert cfg.per_device_train_batch_size is cfg.gradient_accumulation_steps is cfg.bf16 is None
+    flags = parse_config(RewardConfig, ["--per_device_train_batch_size", "2", "--bf16", "true"])
+    assert (flags.per_device_batch_size, flags.micro_batch_size, flags.dtype) == (2, 2, "bfloat16")
+    with pytest.raises(ValueError, match=r"^RewardConfig: per_device_train_batch_size=4 contradicts "
+                                         r"micro_batch_size=2; give one of them$"):
+        RewardConfig(per_device_train_batch_size=4, micro_batch_size=2)
+    with pytest.raises(ValueError, match=r"^RewardConfig: gradient_accumulation_steps needs "
+                                         r"per_device_train_batch_size"):
+        RewardConfig(gradient_accumulation_steps=2)
