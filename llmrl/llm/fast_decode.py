@@ -88,22 +88,26 @@ def packing_works(dtype: torch.dtype) -> bool:
         return False
     g = torch.Generator().manual_seed(0)
     x, w, b = (torch.randn(*shape, generator=g).to(dtype) for shape in ((3, 2, 16), (24, 16), (24,)))
-    try:
-        y = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w, 16), b, "none", [], "")
-    except (RuntimeError, AttributeError):
-        return False
-    return torch.allclose(y.float(), F.linear(x, w, b).float(), atol=1e-2, rtol=1e-2)
+    with torch.autocast("cpu", enabled=False):  # the answer must not depend on the context of the first call
+        try:
+            y = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w, 16), b, "none", [],
+                                                   "")
+        except (RuntimeError, AttributeError):
+            return False
+        return torch.allclose(y.float(), F.linear(x, w, b).float(), atol=1e-2, rtol=1e-2)
 
 
 class Linear:
     """x W^T + b for a fixed W. On a CPU, W is packed once into oneDNN's blocked layout (what F.linear does on every
     call) when `packing_works`: bf16 results are bit-identical to F.linear's, fp32 differ by rounding (another
-    summation order). Elsewhere (GPUs, fp16, other builds) it is F.linear. `rows` hints at the batch the layout is
-    tuned for; any batch works."""
+    summation order). Elsewhere (GPUs, fp16, other builds) it is F.linear, and so it is when made under autocast
+    (full fine-tuning samples fp32 weights under bf16 autocast: F.linear computes in bf16 as the model's forward
+    does). `rows` hints at the batch the layout is tuned for; any batch works."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None, rows: int = 16):
         self.bias = bias
-        self.packed = weight.device.type == "cpu" and packing_works(weight.dtype)
+        self.packed = (weight.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+                       and packing_works(weight.dtype))
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, rows) if self.packed else weight
 
     def __call__(self, x: Tensor) -> Tensor:

@@ -155,3 +155,32 @@ def test_lean_decoder_in_bf16_is_the_models_bf16_forward():
     bf16_error = (own - exact).abs().max()  # the bf16 model's own distance from its fp32 logits
     assert bf16_error > 0
     assert (lean - exact).abs().max() <= 2 * bf16_error
+
+
+def test_lean_decoder_under_autocast_computes_as_the_model_does():
+    """Full fine-tuning keeps fp32 weights and samples under bf16 autocast: the lean decoder then multiplies with
+    F.linear (autocast casts it to bf16, as in the model's forward), not with weights packed in fp32 (a bf16 input
+    against them crashed oneDNN: 'could not create a primitive descriptor')."""
+    fast_decode.packing_works.cache_clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # probed under autocast: the same answer as outside it
+        inside = fast_decode.packing_works(torch.float32)
+    fast_decode.packing_works.cache_clear()
+    assert inside == fast_decode.packing_works(torch.float32)
+    model, tok = tiny_causal_lm("llama")
+    ids, mask, cont, gi = _prompts(tok)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        run, _, _ = decoder_for(model, "auto", 1, 1)
+        assert not run.__self__.layers[0]["o"].packed
+        lean = teacher_forced_logits(model, "auto", ids, mask, cont, num_generations=2).float()
+        own = own_logits(model, ids, mask, cont, gi).float()
+    exact = own_logits(model, ids, mask, cont, gi)
+    assert (lean - exact).abs().max() <= 2 * (own - exact).abs().max()
+
+
+def test_full_fine_tuning_in_bf16_samples_with_the_lean_decoder(tmp_path):
+    from tests.llm.tiny import tiny_trainer
+    fast_decode.packing_works(torch.float32)  # known outside autocast first, as in a run that evaluated before
+    tr = tiny_trainer(tmp_path, lora=False, dtype="bfloat16", max_steps=1, save_steps=0)
+    assert tr.autocast_dtype == torch.bfloat16 and fast_decode.supports(tr.model)
+    metrics, batch = tr.step()
+    assert batch.completion_ids.shape[0] == 8 and metrics["loss"] == metrics["loss"]
