@@ -42,7 +42,10 @@ def find_checkpoint(output_dir: str, resume: str) -> str:
             raise FileNotFoundError(f"resume='latest' but {output_dir} holds no checkpoint-N directory")
         return found[-1]
     if not os.path.isfile(os.path.join(resume, "trainer_state.pt")):
-        raise FileNotFoundError(f"resume={resume!r} is not a checkpoint directory (no trainer_state.pt in it)")
+        found = [os.path.basename(c) for c in list_checkpoints(output_dir)]
+        there = (f"; checkpoints in {output_dir}: {', '.join(found)} (or pass 'latest')" if found else
+                 f"; {output_dir} holds no checkpoint")
+        raise FileNotFoundError(f"resume={resume!r} is not a checkpoint directory (no trainer_state.pt in it){there}")
     return resume
 
 
@@ -122,10 +125,16 @@ def prepare_fresh_output_dir(output_dir: str, overwrite: bool) -> None:
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
-def check_resume(cfg) -> tuple[str, dict]:
+def check_resume(cfg, fixed: tuple[str, ...] = FIXED_ON_RESUME) -> tuple[str, dict]:
     """Before anything is loaded: the checkpoint `cfg.resume` names, and the settings that differ from the ones it
-    was written with ({name: (old, new)}); a change to a setting in FIXED_ON_RESUME is refused by name."""
+    was written with ({name: (old, new)}); a change to a setting in `fixed` is refused by name, as is a checkpoint
+    older than the run's newest or one of another run when output_dir holds a run (two runs would mix)."""
     path = find_checkpoint(cfg.output_dir, cfg.resume)
+    owner = os.path.dirname(os.path.abspath(path))
+    if owner != os.path.abspath(cfg.output_dir) and holds_a_run(cfg.output_dir):
+        raise ValueError(f"resume: {path} is a checkpoint of the run in {owner}, but output_dir {cfg.output_dir} holds "
+                         f"another run, which it would mix with; continue that run with output_dir {owner}, or "
+                         f"resume it into an empty output_dir")
     step = _step_of(path)
     later = [c for c in list_checkpoints(cfg.output_dir) if step is not None and _step_of(c) > step]
     if later:  # its metrics would be cut back while the newer checkpoints stay, and 'latest' would pick them later
@@ -135,7 +144,7 @@ def check_resume(cfg) -> tuple[str, dict]:
         old = json.load(f)
     new = config_dict(cfg)
     changed = {k: (old[k], new[k]) for k in new if k in old and old[k] != new[k] and k != "resume"}
-    for key in FIXED_ON_RESUME:
+    for key in fixed:
         if key in changed:
             was, now = changed[key]
             raise ValueError(f"resume: {key} is {now!r} but {path} was written with {was!r}; it cannot change in a "

@@ -31,6 +31,14 @@ from .reward_model import ScoreModel, add_reward_lora, load_reward_model, pad_se
 from .tracking import check_tracker_packages, check_wandb_login
 
 
+# Settings a resumed reward-model run cannot change (the restored optimizer, scheduler and data order depend on
+# them); `llmrl rm --resume` refuses a new value by name.
+FIXED_ON_RESUME = ("model", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "dataset", "dataset_config",
+                   "dataset_split", "eval_dataset", "eval_split", "eval_fraction", "max_length",
+                   "per_device_batch_size", "seed", "learning_rate", "lr_scheduler", "warmup_steps", "weight_decay",
+                   "adam_beta1", "adam_beta2")
+
+
 @dataclass
 class RewardConfig:
     # --- model ---
@@ -166,7 +174,9 @@ class RewardTrainer:
                                                     project_dir=cfg.output_dir)
         # An earlier run in output_dir is refused (or, with overwrite_output_dir, cleared once the data is read)
         # before anything is written.
-        if not cfg.resume:
+        if cfg.resume:  # the checkpoint, checked as GRPO's are (older than the newest, another run, fixed settings)
+            self._resume_path, changed = ckpt.check_resume(cfg, FIXED_ON_RESUME)
+        else:
             ckpt.check_fresh_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
         set_threads(cfg.torch_threads)
         seed_everything(cfg.seed)
@@ -348,7 +358,7 @@ class RewardTrainer:
         cfg, acc = self.cfg, self.acc
         os.makedirs(cfg.output_dir, exist_ok=True)
         if cfg.resume:
-            self.load_checkpoint(ckpt.find_checkpoint(cfg.output_dir, cfg.resume))
+            self.load_checkpoint(self._resume_path)
         if acc.is_main_process:
             ckpt.write_config(cfg)
             truncate_jsonl(os.path.join(cfg.output_dir, "metrics.jsonl"), self.step_count)  # past the checkpoint

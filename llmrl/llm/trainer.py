@@ -225,6 +225,7 @@ class GRPOTrainer:
                        "proportional": lambda: objectives.ProportionalKLController(cfg.beta, cfg.kl_target,
                                                                                    cfg.kl_horizon)}[cfg.kl_controller]()
         self.step_count, self.nonfinite_in_a_row = 0, 0
+        self.began = False  # train() has set up output_dir (fresh or resumed) and its loop
         self.logger = None
         self.last_eval: dict | None = None   # {"step", "eval/...": value} of the latest evaluation in train()
         self.best: dict | None = None        # the best checkpoint by metric_for_best_model (checkpoint.update_best)
@@ -625,25 +626,23 @@ class GRPOTrainer:
         from tqdm.auto import tqdm
 
         cfg, acc = self.cfg, self.acc
-        if resume_from_checkpoint not in (None, False):
-            if self._resume is not None or self.step_count:
-                raise ValueError(f"train(resume_from_checkpoint={resume_from_checkpoint!r}): this trainer already "
-                                 f"resumed or trained (config.resume={cfg.resume!r}, step {self.step_count}); "
-                                 f"pass one of them")
-            cfg.resume = "latest" if resume_from_checkpoint is True else str(resume_from_checkpoint)
-            self._resume = ckpt.check_resume(cfg)
+        if resume_from_checkpoint is not None:
+            self._resume_from(resume_from_checkpoint)
         # what can refuse the run comes before anything is written
         if cfg.push_to_hub and self.hub_repo_id is None:
             self.check_push_to_hub()
         if cfg.eval_steps:
             self.eval_dataset = load_eval_dataset(cfg, self.tok, self.eval_dataset)
         os.makedirs(cfg.output_dir, exist_ok=True)
-        if self._resume is not None:
+        if self.began:  # a second train() (a larger max_steps, say) goes on from where this trainer is
+            pass
+        elif self._resume is not None:
             path, changed = self._resume
             ckpt.load_checkpoint(self, path)
             self._apply_changed_settings(path, changed)
         elif acc.is_main_process:
             ckpt.prepare_fresh_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
+        self.began = True
         if acc.is_main_process:
             ckpt.write_config(cfg)
             for name in ("metrics.jsonl", "completions.jsonl"):  # drop what a killed run logged past its checkpoint
@@ -677,6 +676,27 @@ class GRPOTrainer:
         for tracker in acc.trackers:  # not acc.end_training(): it also ends the process group, which the
             tracker.finish()          # evaluation and saving after training still need
         return history
+
+    def _resume_from(self, checkpoint: str | bool) -> None:
+        """train(resume_from_checkpoint=...): True or 'latest' for output_dir's newest checkpoint, a path for that
+        checkpoint, False for a fresh run (even when config.resume is set), checked as config.resume is."""
+        cfg = self.cfg
+        if self.began:
+            raise ValueError(f"train(resume_from_checkpoint={checkpoint!r}): this trainer has already trained (step "
+                             f"{self.step_count}); make a new trainer to resume a checkpoint")
+        if checkpoint is False:
+            cfg.resume, self._resume = None, None
+            return
+        resume = "latest" if checkpoint is True else str(checkpoint)
+        if self._resume is not None and cfg.resume != resume:
+            raise ValueError(f"train(resume_from_checkpoint={checkpoint!r}) but config.resume is {cfg.resume!r}; "
+                             f"give only one of them")
+        before, cfg.resume = cfg.resume, resume
+        try:
+            self._resume = ckpt.check_resume(cfg)
+        except Exception:
+            cfg.resume = before  # a refused resume leaves the trainer (and the config.json it writes) as it was
+            raise
 
     def _log_step(self, metrics: dict, batch: RolloutBatch, bar) -> None:
         cfg, acc = self.cfg, self.acc

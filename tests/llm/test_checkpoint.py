@@ -157,5 +157,37 @@ def test_trl_train_resume_from_checkpoint(tmp_path):
         tr.train(resume_from_checkpoint=True if how is True else str(run / "checkpoint-2"))
         assert _metrics(run) == _metrics(tmp_path / "full")
         assert all(torch.equal(a, b) for a, b in zip(weights(tr), weights(full)))
-    with pytest.raises(ValueError, match=r"resume_from_checkpoint=True\): this trainer already resumed"):
+    with pytest.raises(ValueError, match=r"resume_from_checkpoint=True\): this trainer has already trained"):
         tr.train(resume_from_checkpoint=True)
+    tr.cfg.max_steps = 4
+    tr.train()  # a second train() goes on from where the trainer is (step 3), not from the checkpoint it resumed
+    assert [m["step"] for m in _metrics(run)] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_to_mix_runs_or_to_half_start(tmp_path):
+    """A checkpoint of another run into an output_dir holding its own run would mix the two (metrics, config.json,
+    final/): refused, nothing touched. A refused resume leaves the trainer as it was; False starts afresh."""
+    def files(d):
+        return sorted(os.listdir(d)), (d / "metrics.jsonl").read_text()
+
+    tiny_trainer(tmp_path / "a", max_steps=2, save_steps=1).train()
+    tiny_trainer(tmp_path / "b", max_steps=1, save_steps=1).train()
+    b = files(tmp_path / "b")
+    with pytest.raises(ValueError, match=r"^resume: .*a/checkpoint-2 is a checkpoint of the run in .*a, but "
+                                         r"output_dir .*b holds another run"):
+        tiny_trainer(tmp_path / "b", max_steps=3, overwrite_output_dir=False).train(
+            resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    assert files(tmp_path / "b") == b
+    fork = tiny_trainer(tmp_path / "fork", max_steps=3, overwrite_output_dir=False)  # an empty output_dir: allowed
+    fork.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    assert [m["step"] for m in _metrics(tmp_path / "fork")] == [3]
+
+    fresh = tiny_trainer(tmp_path / "c", max_steps=1, overwrite_output_dir=False)
+    with pytest.raises(FileNotFoundError, match=r"is not a checkpoint directory .*holds no checkpoint$"):
+        fresh.train(resume_from_checkpoint=str(tmp_path / "nope"))
+    assert fresh.cfg.resume is None
+    fresh.train()
+    assert json.load(open(tmp_path / "c" / "config.json"))["resume"] is None
+    again = tiny_trainer(tmp_path / "b", max_steps=2, overwrite_output_dir=True, resume="latest")
+    again.train(resume_from_checkpoint=False)  # TRL: False = do not resume (here: start afresh, overwriting)
+    assert [m["step"] for m in _metrics(tmp_path / "b")] == [1, 2]

@@ -489,6 +489,15 @@ def test_rm_resume_from_the_command_line_keeps_the_runs_settings(tmp_path, capsy
     assert f"come from {run}/checkpoint-1/config.json: model {model_dir!r}" in capsys.readouterr().out
     saved = json.load(open(run / "config.json"))
     assert (saved["model"], saved["learning_rate"], saved["max_steps"]) == (model_dir, 3e-3, 2)
+    # resume is checked as GRPO's is, before anything loads or is written: a fixed setting, an older checkpoint
+    before = sorted(os.listdir(run)), (run / "metrics.jsonl").read_text()
+    for flags, message in ((["--seed", "7"], r"^resume: seed is 7 but .*checkpoint-2 was written with 0; it cannot "
+                                             r"change"),
+                           (["--lora_r", "8"], r"^resume: lora_r is 8 but"),
+                           (["--resume", str(run / "checkpoint-1")], r"checkpoint-1 is older than .*checkpoint-2")):
+        with pytest.raises(ValueError, match=message):
+            main(["--resume", "latest", "--output_dir", str(run), "--max_steps", "3", *flags])
+        assert (sorted(os.listdir(run)), (run / "metrics.jsonl").read_text()) == before
 
 
 def test_reward_config_takes_trls_names():
