@@ -79,6 +79,9 @@ def _config_parser(classes: Sequence[type], defaults: dict[str, Any] | None, sho
                 f = copy.copy(f)
                 f.type, f.metadata = hints[f.name], meta
                 self._parse_dataclass_field(self, f)
+                if f.type == (bool | None):  # TRL's bf16 & co.: a bare --flag means True, as for a plain bool
+                    own = next(a for a in self._actions if a.dest == f.name)
+                    own.nargs, own.const = "?", True
                 off = self._actions[-1]
                 if off.option_strings[0] == f"--no_{f.name}":
                     # the field's own flag sets the default; SUPPRESS keeps "(default: False)" off this help line

@@ -96,6 +96,7 @@ def test_eval_help_lists_the_evaluations_settings(capsys):
         cli.main(["eval", "--help"])
     out = capsys.readouterr().out
     assert e.value.code == 0 and out.startswith("usage: llmrl eval ")
+    assert "default 200" in out and "--bf16" in out and "--per_device_eval_batch_size" in out  # TRL names it reads
     for flag in ("--adapter", "--model", "--eval_examples", "--eval_pass_k", "--max_new_tokens", "--output_dir"):
         assert flag in out, flag
     for flag in ("--learning_rate", "--beta", "--num_generations", "--save_steps", "--lora_r"):

@@ -88,9 +88,11 @@ def _split_file(directory: str, split: str, setting: str = "dataset", split_sett
     candidates = [os.path.join(directory, split + ext) for ext in _LOADERS]
     found = [c for c in candidates if os.path.isfile(c)]
     if not found:
-        raise FileNotFoundError(f"{setting}: directory {directory!r} has no {split}.jsonl/.json/.parquet/"
-                                f".csv (files: {', '.join(sorted(os.listdir(directory))) or 'none'}); pass "
-                                f"--{split_setting} one of those, or a file path")
+        splits = sorted({os.path.splitext(n)[0] for n in os.listdir(directory) if os.path.splitext(n)[1] in _LOADERS})
+        there = (f"its splits: {', '.join(splits)}; pass --{split_setting} one of them" if splits else
+                 f"it holds no .jsonl/.json/.parquet/.csv file; pass a directory that does")
+        raise FileNotFoundError(f"{setting}: directory {directory!r} has no {split}.jsonl/.json/.parquet/.csv "
+                                f"({there}, or a file path)")
     if len(found) > 1:
         raise ValueError(f"{setting}: directory {directory!r} has several files for split {split!r} "
                          f"({', '.join(os.path.basename(f) for f in found)}); pass the file path instead")
@@ -122,7 +124,8 @@ def load_prompt_dataset(spec: str, split: str | None = None, config_name: str | 
     if os.path.isfile(path):
         return _load_file(path, setting)
     if _looks_local(spec):
-        raise FileNotFoundError(f"{setting}: local path {spec!r} does not exist")
+        raise FileNotFoundError(f"{setting}: local path {spec!r} does not exist; pass an existing file or directory, "
+                                f"a bundled dataset ({', '.join(BUNDLED_DATASETS)}) or a hub dataset name")
     config_name = config_name or _DEFAULT_CONFIGS.get(spec)
     what = (f"{setting}: {spec!r} is not a local path or bundled dataset ({', '.join(BUNDLED_DATASETS)}) "
             f"and")

@@ -27,7 +27,7 @@ from ..llm.config import GRPOConfig
 from ..llm.evaluation import describe, eval_label, evaluate_policy, format_result, load_eval_dataset, save_eval_results
 from ..llm.model import load_tokenizer
 from ..llm.trainer import GRPOTrainer
-from ..utils import cli_main, flag_given, parse_config
+from ..utils import cli_main, flag_given, parse_config, set_threads
 
 EVAL_ONLY_EXAMPLES = 200
 # What a trained adapter brings from the run that trained it when the command line does not say otherwise: its base
@@ -39,10 +39,13 @@ FROM_ADAPTER_RUN_FOR_EVAL = FROM_ADAPTER_RUN + (
 
 # The settings `llmrl eval --help` lists: what the evaluation reads (the other GRPO flags are accepted, unused)
 EVAL_SETTINGS = FROM_ADAPTER_RUN_FOR_EVAL + ("adapter", "eval_examples", "eval_batch_size", "sampler", "seed",
-                                             "output_dir", "use_cpu", "torch_threads")
-EVAL_HELP = ("Greedy accuracy (and pass@k) of --model, with --adapter if given. An adapter trained by llmrl brings its "
-             "run's model, data, prompts and decoding unless a flag says otherwise. The training flags of `llmrl "
-             "grpo` are accepted too and do not change the evaluation.")
+                                             "output_dir", "use_cpu", "torch_threads", "bf16",
+                                             "max_completion_length", "per_device_eval_batch_size")
+EVAL_HELP = (f"Greedy accuracy (and pass@k) of --model, with --adapter if given, on --eval_examples held-out questions "
+             f"(default {EVAL_ONLY_EXAMPLES}); results go to eval.json beside the adapter or model directory, or into "
+             f"--output_dir when given. An adapter trained by llmrl brings its run's model, data, prompts and "
+             f"decoding unless a flag says otherwise. The help texts below are the training command's; the other "
+             f"flags of `llmrl grpo` are accepted (and checked) but not used.")
 
 
 @dataclass
@@ -149,6 +152,7 @@ def evaluate_only(cfg: GRPOConfig, argv: list[str]) -> dict:
     eval_set = load_eval_dataset(cfg, tok)
     no_gpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
     acc = Accelerator(cpu=cfg.use_cpu or no_gpu)
+    set_threads(cfg.torch_threads)
     model, _ = load_policy(cfg.model, None, resolve_dtype(cfg.dtype))
     if adapter:
         model = load_adapter(model, adapter, trainable=False)

@@ -79,13 +79,18 @@ def test_bundled_data_is_in_the_built_wheel(tmp_path):
 def test_load_missing_paths(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"dataset: local path '.*nope\.jsonl' does not exist"):
         load_prompt_dataset(str(tmp_path / "nope.jsonl"))
-    with pytest.raises(FileNotFoundError, match=r"local path 'missing\.parquet' does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"local path 'missing\.parquet' does not exist; pass an existing file "
+                                                r"or directory, a bundled dataset \(arithmetic\) or a hub dataset name$"):
         load_prompt_dataset("missing.parquet")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"has no train\.jsonl/.*\(it holds no \.jsonl/\.json/\.parquet/\.csv "
+                                                r"file; pass a directory that does, or a file path\)$"):
+        load_prompt_dataset(str(tmp_path / "empty"))
     write_jsonl(tmp_path / "train.jsonl", ROWS)
-    with pytest.raises(FileNotFoundError, match=r"^dataset: .*has no validation\.jsonl/.*\(files: train\.jsonl\); "
-                                                r"pass --dataset_split one of those, or a file path$"):
+    with pytest.raises(FileNotFoundError, match=r"^dataset: .*has no validation\.jsonl/.*\(its splits: train; pass "
+                                                r"--dataset_split one of them, or a file path\)$"):
         load_prompt_dataset(str(tmp_path), split="validation")
-    with pytest.raises(FileNotFoundError, match=r"^eval_dataset: .*pass --eval_split one of those"):  # named by caller
+    with pytest.raises(FileNotFoundError, match=r"^eval_dataset: .*pass --eval_split one of them"):  # named by caller
         load_prompt_dataset(str(tmp_path), split="validation", setting="eval_dataset", split_setting="eval_split")
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match=r"has extension '\.txt'"):

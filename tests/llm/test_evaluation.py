@@ -287,6 +287,20 @@ def test_eval_only_refuses_a_directory_without_an_adapter_and_push_to_hub(tmp_pa
     assert not os.path.exists(os.path.join(model_dir, "eval.json"))
 
 
+def test_eval_only_uses_torch_threads(tmp_path, tiny_setup, monkeypatch):
+    import llmrl.scripts.grpo as script
+    model_dir, flags = tiny_setup
+    seen, threads = [], torch.get_num_threads()
+    monkeypatch.setattr(script, "evaluate_policy", lambda *a, **k: seen.append(torch.get_num_threads()) or pytest.fail(
+        "stop here"))
+    try:
+        with pytest.raises(pytest.fail.Exception, match="stop here"):
+            _recipe(*flags, "--eval_only", "--torch_threads", "1", "--eval_examples", "2")
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1]
+
+
 def test_an_unreadable_eval_json_is_never_replaced(tmp_path):
     from llmrl.llm.evaluation import save_eval_results
     (tmp_path / "eval.json").write_text("{not json")
