@@ -139,15 +139,27 @@ def main(argv: list[str] | None = None, no_pair_fix: dict[str, str] | None = Non
     if written and not cfg.overwrite_output_dir:  # before the model loads; nothing written is lost
         raise FileExistsError(f"output_dir {cfg.output_dir} already holds preference pairs ({written[0]}); pass "
                               f"--overwrite_output_dir to replace them, or another --output_dir")
+    # the questions of each split, read before the model loads; held-out questions never among the training ones
+    wanted = {name: (split, n) for split, n, name in ((cfg.train_split, cfg.num_prompts, "train"),
+                                                      (cfg.test_split, cfg.num_test_prompts, "test")) if n > 0}
+    data = {name: load_prompt_dataset(cfg.dataset, split, split_setting=f"{name}_split")
+            for name, (split, n) in wanted.items()}
+    orders = {name: torch.randperm(len(d), generator=torch.Generator().manual_seed(cfg.seed)).tolist()[:wanted[name][1]]
+              for name, d in data.items()}
+    if len(data) == 2 and (os.path.isfile(os.path.expanduser(cfg.dataset)) or cfg.train_split == cfg.test_split):
+        # one file (it is one split) or the same split twice: the test questions follow the training ones
+        n_train, n_test, available = cfg.num_prompts, cfg.num_test_prompts, len(data["train"])
+        if n_train + n_test > available:
+            raise ValueError(f"num_prompts + num_test_prompts = {n_train + n_test} but {cfg.dataset} "
+                             f"({cfg.train_split}) has {available} questions for both splits (a single file, or the same "
+                             f"split twice); lower them, or pass a dataset with separate train and test splits")
+        perm = torch.randperm(available, generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        orders = {"train": perm[:n_train], "test": perm[n_train:n_train + n_test]}
     model, tok = load_policy(cfg.model, lora=None, dtype=resolve_dtype(cfg.dtype))
     made = {}
-    for split, n, name in ((cfg.train_split, cfg.num_prompts, "train"), (cfg.test_split, cfg.num_test_prompts, "test")):
-        if n == 0:
-            continue
-        data = load_prompt_dataset(cfg.dataset, split, split_setting=f"{name}_split")
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed)).tolist()[:n]
+    for name, order in orders.items():
         rows, stats = generate_preference_pairs(
-            model, tok, [data[i] for i in order], cfg.reward_funcs, cfg.num_generations, cfg.pairs_per_prompt,
+            model, tok, [data[name][i] for i in order], cfg.reward_funcs, cfg.num_generations, cfg.pairs_per_prompt,
             cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, cfg.prompt_column, cfg.system_prompt,
             cfg.batch_size, cfg.seed + (name == "test"), progress=True)
         if not rows:  # an empty file would only fail the reward-model step, after it has loaded its model

@@ -458,6 +458,34 @@ def test_preference_data_without_a_training_pair_is_refused_and_writes_nothing(t
     assert not out.exists()
 
 
+def test_preference_data_from_one_file_holds_out_other_questions(tmp_path, monkeypatch):
+    """A single file is one split: the held-out questions are drawn after the training ones (disjoint), and asking
+    for more than it holds is refused, with a missing test split, before the model loads."""
+    from llmrl.llm import preference_data
+    tiny_dataset(10).to_json(tmp_path / "q.jsonl")
+    seen = {}
+
+    def fake_pairs(model, tok, rows, *args, **kw):
+        seen[len(seen)] = [r["question"] for r in rows]
+        return [{"prompt": r["question"], "chosen": "a", "rejected": "b"} for r in rows], \
+            {"pairs": len(rows), "completions": 2 * len(rows), "prompts_with_pairs": len(rows), "accepted_frac": 0.5}
+    monkeypatch.setattr(preference_data, "generate_preference_pairs", fake_pairs)
+    argv = ["--model", save_tiny(tmp_path / "model"), "--dataset", str(tmp_path / "q.jsonl"), "--num_generations", "2",
+            "--dtype", "float32", "--torch_threads", "1"]
+    preference_data.main(argv + ["--output_dir", str(tmp_path / "p"), "--num_prompts", "6", "--num_test_prompts", "4"])
+    assert len(seen[0]) == 6 and len(seen[1]) == 4 and not set(seen[0]) & set(seen[1])
+    monkeypatch.setattr(preference_data, "load_policy", lambda *a, **k: pytest.fail("loaded the model"))
+    with pytest.raises(ValueError, match=r"num_prompts \+ num_test_prompts = 11 but .*q\.jsonl \(train\) has 10 "
+                                         r"questions for both splits"):
+        preference_data.main(argv + ["--output_dir", str(tmp_path / "p2"), "--num_prompts", "6",
+                                     "--num_test_prompts", "5"])
+    data = tmp_path / "data"
+    data.mkdir()
+    tiny_dataset(8).to_json(data / "train.jsonl")
+    with pytest.raises(FileNotFoundError, match=r"^dataset: .*has no test\.jsonl.*pass --test_split one of them"):
+        preference_data.main(argv[:2] + ["--dataset", str(data), "--output_dir", str(tmp_path / "p3")])
+
+
 @pytest.mark.parametrize("text, message", [
     ('{"prompt": "p", "chosen": "a"}\n', "no column 'rejected'"),
     ("", r"pairs\.jsonl is empty"),
