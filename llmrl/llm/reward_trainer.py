@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -24,7 +25,7 @@ from torch import Tensor
 from .. import objectives as O
 from ..utils import RunLogger, atomic_write_text, config_dict, seed_everything, set_threads, truncate_jsonl
 from . import checkpoint as ckpt
-from .config import _h, apply_trainer_trl_names
+from .config import TRAINER_TRL_TARGETS, _h, apply_trainer_trl_names
 from .data import PromptSampler, check_columns, load_prompt_dataset
 from .model import LoraSettings, lora_targets, resolve_dtype
 from .reward_model import ScoreModel, add_reward_lora, load_reward_model, pad_sequences, tokenize_conversation
@@ -41,6 +42,7 @@ FIXED_ON_RESUME = ("model", "lora_r", "lora_alpha", "lora_dropout", "lora_target
 
 @dataclass
 class RewardConfig:
+    TRL_TARGETS: ClassVar[dict] = TRAINER_TRL_TARGETS
     # --- model ---
     model: str = _h("Hub id, local directory, .gguf file, or 'bundled': a reward model, or a causal LM that gets a "
                     "new scalar head.", default="bundled")

@@ -542,6 +542,9 @@ def test_reward_config_takes_trls_names():
     with pytest.raises(ValueError, match=r"^RewardConfig: per_device_train_batch_size=4 contradicts "
                                          r"micro_batch_size=2; give one of them$"):
         RewardConfig(per_device_train_batch_size=4, micro_batch_size=2)
+    with pytest.raises(ValueError, match=r"per_device_train_batch_size=4 \(which sets per_device_batch_size=8\) "
+                                         r"contradicts per_device_batch_size=4"):
+        RewardConfig(per_device_train_batch_size=4, gradient_accumulation_steps=2, per_device_batch_size=4)
     with pytest.raises(ValueError, match=r"^RewardConfig: gradient_accumulation_steps needs "
                                          r"per_device_train_batch_size"):
         RewardConfig(gradient_accumulation_steps=2)

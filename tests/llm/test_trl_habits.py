@@ -86,3 +86,22 @@ def test_lora_settings_with_a_plain_model_object_are_refused(tmp_path):
     from tests.llm.tiny import tiny_trainer
     with pytest.raises(ValueError, match=r"lora_r=8 applies to a model llmrl loads .* pass peft_config="):
         tiny_trainer(tmp_path, lora=False, lora_r=8)
+
+
+def test_a_trl_flag_wins_over_a_runs_setting():
+    """Resuming, or evaluating a run's adapter, takes the run's settings as defaults; a TRL-named flag given now
+    (--max_completion_length) sets its llmrl setting (max_new_tokens) over the run's value instead of being refused
+    as a contradiction of it. Every TRL-named setting is in TRL_TARGETS."""
+    import dataclasses
+
+    from llmrl.llm.reward_trainer import RewardConfig
+    from llmrl.utils import parse_config
+    run = {"max_new_tokens": 8, "dtype": "float32", "micro_batch_size": 4, "per_device_batch_size": 8, "seed": 3}
+    cfg = parse_config(GRPOConfig, ["--max_completion_length", "16", "--bf16"], defaults=run)
+    assert (cfg.max_new_tokens, cfg.dtype, cfg.micro_batch_size, cfg.seed) == (16, "bfloat16", 4, 3)
+    cfg = parse_config(RewardConfig, ["--per_device_train_batch_size", "2"],
+                       defaults={k: v for k, v in run.items() if k != "max_new_tokens"})
+    assert (cfg.per_device_batch_size, cfg.micro_batch_size, cfg.dtype) == (2, 2, "float32")
+    for cls in (GRPOConfig, RewardConfig):
+        trl_named = {f.name for f in dataclasses.fields(cls) if f.metadata.get("help", "").startswith("TRL:")}
+        assert trl_named - {"use_vllm"} == set(cls.TRL_TARGETS), cls.__name__
