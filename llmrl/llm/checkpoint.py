@@ -110,8 +110,9 @@ def holds_a_run(output_dir: str) -> bool:
 def check_fresh_output_dir(output_dir: str, overwrite: bool) -> None:
     """Refuse, before anything is loaded or written, to start a new run over an earlier one."""
     if holds_a_run(output_dir) and not overwrite:
-        raise FileExistsError(f"output_dir {output_dir} already holds a run; pass --resume latest to continue it, "
-                              f"--overwrite_output_dir to replace it, or another --output_dir")
+        raise FileExistsError(f"output_dir {output_dir} already holds a run; pass --resume latest to continue it "
+                              f"(Python: trainer.train(resume_from_checkpoint=True)), --overwrite_output_dir to "
+                              f"replace it, or another --output_dir")
 
 
 def prepare_fresh_output_dir(output_dir: str, overwrite: bool) -> None:

@@ -31,6 +31,11 @@ def _h(text: str, help_off: str | None = None, **kw):
     return field(metadata={"help": text} | ({"help_off": help_off} if help_off else {}), **kw)
 
 
+# transformers.get_scheduler names that need nothing but the warm-up and total steps
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt")
+
+
 def move_trl_setting(config, need, trl: str, ours: str, value, clear: bool = True) -> None:
     """Set `config.ours` from the TRL-named setting `config.trl` (given as `value`, what it means for ours) and clear
     the TRL name; refused through `need` when `ours` was given too with another value. A TRL name left None is
@@ -52,6 +57,8 @@ def apply_trainer_trl_names(config, need) -> None:
     with gradient_accumulation_steps (-> per_device_batch_size, micro_batch_size), bf16 (-> dtype),
     lr_scheduler_type, per_device_eval_batch_size, resume_from_checkpoint (True/'true' -> 'latest')."""
     move = partial(move_trl_setting, config, need)
+    need(config.gradient_accumulation_steps is None or config.gradient_accumulation_steps >= 1,
+         f"gradient_accumulation_steps must be >= 1, got {config.gradient_accumulation_steps}")
     if config.per_device_train_batch_size is not None:
         micro, steps = config.per_device_train_batch_size, config.gradient_accumulation_steps or 1
         move("per_device_train_batch_size", "per_device_batch_size", micro * steps, clear=False)
@@ -63,6 +70,8 @@ def apply_trainer_trl_names(config, need) -> None:
     if config.bf16 is not None:
         move("bf16", "dtype", "bfloat16" if config.bf16 else "float32")
     move("lr_scheduler_type", "lr_scheduler", config.lr_scheduler_type)
+    need(config.lr_scheduler in LR_SCHEDULERS, f"lr_scheduler (TRL: lr_scheduler_type) must be one of "
+                                               f"{', '.join(LR_SCHEDULERS)}, got {config.lr_scheduler!r}")
     move("per_device_eval_batch_size", "eval_batch_size", config.per_device_eval_batch_size)
     if config.resume_from_checkpoint is not None:
         flag = str(config.resume_from_checkpoint).lower()

@@ -105,3 +105,17 @@ def test_a_trl_flag_wins_over_a_runs_setting():
     for cls in (GRPOConfig, RewardConfig):
         trl_named = {f.name for f in dataclasses.fields(cls) if f.metadata.get("help", "").startswith("TRL:")}
         assert trl_named - {"use_vllm"} == set(cls.TRL_TARGETS), cls.__name__
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(lr_scheduler_type="nonsense"), r"lr_scheduler \(TRL: lr_scheduler_type\) must be one of linear, .*got "
+                                         r"'nonsense'"),
+    (dict(lr_scheduler="reduce_lr_on_plateau"), r"lr_scheduler .*must be one of"),
+    (dict(per_device_train_batch_size=2, gradient_accumulation_steps=0), r"gradient_accumulation_steps must be >= 1"),
+])
+def test_trainer_settings_refused_at_once_in_both_configs(settings, message):
+    """Before any model loads (a bad scheduler name used to fail in transformers.get_scheduler, after loading)."""
+    from llmrl.llm.reward_trainer import RewardConfig
+    for cls in (GRPOConfig, RewardConfig):
+        with pytest.raises(ValueError, match=rf"^{cls.__name__}: {message}"):
+            cls(**settings)
