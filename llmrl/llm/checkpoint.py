@@ -153,6 +153,30 @@ def check_resume(cfg, fixed: tuple[str, ...] = FIXED_ON_RESUME) -> tuple[str, di
     return path, changed
 
 
+def resume_request(cfg, checkpoint: str | bool, began: bool, pending: tuple[str, dict] | None,
+                   fixed: tuple[str, ...] = FIXED_ON_RESUME) -> tuple[str, dict] | None:
+    """What a trainer's train(resume_from_checkpoint=...) resumes (TRL's argument): True or 'latest' for
+    output_dir's newest checkpoint, a path for that checkpoint, False for a fresh run even when cfg.resume is set;
+    checked by check_resume. Returns the pending resume ((path, changed settings) or None) and sets cfg.resume;
+    a refused request leaves cfg as it was. `pending` is the resume config.resume asked for, if any."""
+    if began:
+        raise ValueError(f"train(resume_from_checkpoint={checkpoint!r}): this trainer has already trained; make a new "
+                         f"trainer to resume a checkpoint")
+    if checkpoint is False:
+        cfg.resume = None
+        return None
+    resume = "latest" if checkpoint is True else str(checkpoint)
+    if pending is not None and cfg.resume != resume:
+        raise ValueError(f"train(resume_from_checkpoint={checkpoint!r}) but config.resume is {cfg.resume!r}; give "
+                         f"only one of them")
+    before, cfg.resume = cfg.resume, resume
+    try:
+        return check_resume(cfg, fixed)
+    except Exception:
+        cfg.resume = before
+        raise
+
+
 def apply_learning_rate(optimizer, scheduler, lr: float) -> None:
     """Make a restored optimizer and LambdaLR-style scheduler continue at base learning rate `lr` (the checkpoint
     holds the old one) from the scheduler's current step."""

@@ -174,12 +174,11 @@ class RewardTrainer:
         no_gpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
         self.acc = acc = accelerator or Accelerator(cpu=cfg.use_cpu or no_gpu, log_with=report_to or None,
                                                     project_dir=cfg.output_dir)
-        # An earlier run in output_dir is refused (or, with overwrite_output_dir, cleared once the data is read)
-        # before anything is written.
-        if cfg.resume:  # the checkpoint, checked as GRPO's are (older than the newest, another run, fixed settings)
-            self._resume_path, changed = ckpt.check_resume(cfg, FIXED_ON_RESUME)
-        else:
-            ckpt.check_fresh_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
+        # The checkpoint to resume, checked as GRPO's are (older than the newest, another run, fixed settings); an
+        # earlier run in output_dir is refused (or with overwrite_output_dir cleared) by train(), which can also
+        # resume it as TRL's train(resume_from_checkpoint=...); `llmrl rm` checks before anything loads.
+        self._resume = ckpt.check_resume(cfg, FIXED_ON_RESUME) if cfg.resume else None
+        self.began = False
         set_threads(cfg.torch_threads)
         seed_everything(cfg.seed)
         # --- data, read and checked before the model loads (a bad file ends the run in one line at once) ---
@@ -195,8 +194,6 @@ class RewardTrainer:
         if eval_dataset is not None:
             check_preference_columns(eval_dataset)
         self._check_enough_pairs(len(train_dataset))
-        if not cfg.resume and acc.is_main_process:
-            ckpt.prepare_fresh_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
         self.dtype = resolve_dtype(cfg.dtype)
         # --- model: LoRA (the head trains fully) or full fine-tuning (fp32 master weights, bf16 autocast); a model
         # passed in gets the configured adapter unless it carries one already ---
@@ -354,13 +351,22 @@ class RewardTrainer:
         self.step_count = state["step"]
 
     # ------------------------------------------------------------------ the loop
-    def train(self) -> list[dict]:
+    def train(self, resume_from_checkpoint: str | bool | None = None) -> list[dict]:
+        """Train to max_steps (or num_train_epochs), evaluating and checkpointing. resume_from_checkpoint (TRL's
+        argument): True for output_dir's latest checkpoint, a checkpoint's path, or False; as config.resume."""
         from tqdm.auto import tqdm
 
         cfg, acc = self.cfg, self.acc
+        if resume_from_checkpoint is not None:
+            self._resume = ckpt.resume_request(cfg, resume_from_checkpoint, self.began, self._resume, FIXED_ON_RESUME)
         os.makedirs(cfg.output_dir, exist_ok=True)
-        if cfg.resume:
-            self.load_checkpoint(self._resume_path)
+        if self.began:  # a second train() goes on from where this trainer is
+            pass
+        elif self._resume is not None:
+            self.load_checkpoint(self._resume[0])
+        elif acc.is_main_process:
+            ckpt.prepare_fresh_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
+        self.began = True
         if acc.is_main_process:
             ckpt.write_config(cfg)
             truncate_jsonl(os.path.join(cfg.output_dir, "metrics.jsonl"), self.step_count)  # past the checkpoint

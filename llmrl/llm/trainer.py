@@ -627,7 +627,7 @@ class GRPOTrainer:
 
         cfg, acc = self.cfg, self.acc
         if resume_from_checkpoint is not None:
-            self._resume_from(resume_from_checkpoint)
+            self._resume = ckpt.resume_request(cfg, resume_from_checkpoint, self.began, self._resume)
         # what can refuse the run comes before anything is written
         if cfg.push_to_hub and self.hub_repo_id is None:
             self.check_push_to_hub()
@@ -676,27 +676,6 @@ class GRPOTrainer:
         for tracker in acc.trackers:  # not acc.end_training(): it also ends the process group, which the
             tracker.finish()          # evaluation and saving after training still need
         return history
-
-    def _resume_from(self, checkpoint: str | bool) -> None:
-        """train(resume_from_checkpoint=...): True or 'latest' for output_dir's newest checkpoint, a path for that
-        checkpoint, False for a fresh run (even when config.resume is set), checked as config.resume is."""
-        cfg = self.cfg
-        if self.began:
-            raise ValueError(f"train(resume_from_checkpoint={checkpoint!r}): this trainer has already trained (step "
-                             f"{self.step_count}); make a new trainer to resume a checkpoint")
-        if checkpoint is False:
-            cfg.resume, self._resume = None, None
-            return
-        resume = "latest" if checkpoint is True else str(checkpoint)
-        if self._resume is not None and cfg.resume != resume:
-            raise ValueError(f"train(resume_from_checkpoint={checkpoint!r}) but config.resume is {cfg.resume!r}; "
-                             f"give only one of them")
-        before, cfg.resume = cfg.resume, resume
-        try:
-            self._resume = ckpt.check_resume(cfg)
-        except Exception:
-            cfg.resume = before  # a refused resume leaves the trainer (and the config.json it writes) as it was
-            raise
 
     def _log_step(self, metrics: dict, batch: RolloutBatch, bar) -> None:
         cfg, acc = self.cfg, self.acc

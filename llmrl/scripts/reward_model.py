@@ -26,6 +26,8 @@ def main(argv=None) -> dict:
     cfg = parse_config(RewardConfig, argv)
     if cfg.resume:  # the run goes on as it was set up; flags given now change what may change
         cfg = parse_config(RewardConfig, argv, defaults=ckpt.resume_defaults(cfg))
+    if not cfg.resume:  # before anything loads
+        ckpt.check_fresh_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
     trainer = RewardTrainer(cfg)
     history = trainer.train()
     out = trainer.save_final()

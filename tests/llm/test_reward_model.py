@@ -342,13 +342,15 @@ def test_model_without_a_score_head(tmp_path):
 
 
 def test_an_earlier_run_is_refused_before_anything_is_written(tmp_path):
+    """By train() (the trainer may be built over a run to resume it, TRL's train(resume_from_checkpoint=True))."""
     model, tok = tiny_reward_model()
-    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "old": true}\n')
     with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
-        RewardTrainer(rm_config(tmp_path), model, tok, toy_pairs(8, 0))
+        RewardTrainer(rm_config(tmp_path), model, tok, toy_pairs(8, 0)).train()
     assert os.listdir(tmp_path) == ["metrics.jsonl"]
-    RewardTrainer(rm_config(tmp_path, overwrite_output_dir=True), model, tok, toy_pairs(8, 0))
-    assert os.listdir(tmp_path) == []
+    RewardTrainer(rm_config(tmp_path, overwrite_output_dir=True, max_steps=1, eval_steps=0), model, tok,
+                  toy_pairs(8, 0)).train()
+    assert '"old"' not in (tmp_path / "metrics.jsonl").read_text()
 
 
 # ---------------------------------------------------------------------------------------------- the bundled model
@@ -503,6 +505,30 @@ def test_reward_model_reports_a_bad_dataset_before_loading_the_model(tmp_path, t
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 1}\n'
 
 
+def test_reward_trainer_train_resume_from_checkpoint(tmp_path):
+    """TRL's trainer.train(resume_from_checkpoint=True): built over a run without a refusal, resumed == uninterrupted;
+    a plain train() over a run is refused before anything is written."""
+    def trainer(out, **kw):
+        model, tok = lora_reward_model()
+        return RewardTrainer(rm_config(out, **kw), model, tok, toy_pairs(20, 0), toy_pairs(8, 1))
+
+    a = trainer(tmp_path / "a")
+    a.train()
+    b = trainer(tmp_path / "b")
+    dies_after(b, 4)  # killed after step 4 (its checkpoint at 2)
+    with pytest.raises(KeyboardInterrupt):
+        b.train()
+    kept = (tmp_path / "b" / "metrics.jsonl").read_text()
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        trainer(tmp_path / "b", overwrite_output_dir=False).train()
+    assert (tmp_path / "b" / "metrics.jsonl").read_text() == kept
+    b = trainer(tmp_path / "b", overwrite_output_dir=False)
+    b.train(resume_from_checkpoint=True)
+    wa = [p for p in a.model.parameters() if p.requires_grad]
+    wb = [p for p in b.model.parameters() if p.requires_grad]
+    assert b.step_count == a.step_count and all(torch.equal(x, y) for x, y in zip(wa, wb))
+
+
 def test_rm_resume_from_the_command_line_keeps_the_runs_settings(tmp_path, capsys):
     from llmrl.scripts.reward_model import main
     from tests.llm.tiny import save_tiny
@@ -548,3 +574,12 @@ def test_reward_config_takes_trls_names():
     with pytest.raises(ValueError, match=r"^RewardConfig: gradient_accumulation_steps needs "
                                          r"per_device_train_batch_size"):
         RewardConfig(gradient_accumulation_steps=2)
+
+
+def test_rm_command_refuses_an_earlier_run_before_loading(tmp_path):
+    from llmrl.scripts import reward_model
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(FileExistsError, match="already holds a run"):  # not the missing model's error
+        reward_model.main(["--model", str(tmp_path / "no_such_model"), "--dataset", str(tmp_path / "none.jsonl"),
+                           "--output_dir", str(tmp_path)])
+    assert os.listdir(tmp_path) == ["metrics.jsonl"]
