@@ -147,9 +147,11 @@ def test_training_separates_a_toy_set_and_the_saved_model_reloads(tmp_path):
     assert AutoTokenizer.from_pretrained(out).chat_template == tok.chat_template
 
 
-def test_resume_equals_an_uninterrupted_run(tmp_path):
-    """Killed after step 3 (checkpoints at 2), resumed from 'latest': same weights and metrics as a run that never
-    stopped (LoRA dropout on, so the RNG state must come back too)."""
+@pytest.mark.parametrize("how", ["config", "trl"])
+def test_resume_equals_an_uninterrupted_run(tmp_path, how):
+    """Killed after step 3 (checkpoints at 2), resumed from 'latest' (config.resume, or TRL's
+    train(resume_from_checkpoint=True) on a trainer built over the run): same weights and metrics as a run that
+    never stopped (LoRA dropout on, so the RNG state must come back too)."""
     def trainer(out, **kw):
         model, tok = lora_reward_model()
         return RewardTrainer(rm_config(out, **kw), model, tok, toy_pairs(20, 0), toy_pairs(8, 1))
@@ -162,9 +164,17 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         b.train()
     assert sorted(os.listdir(tmp_path / "b")) == ["checkpoint-2", "config.json", "metrics.jsonl"]
-    b = trainer(tmp_path / "b", resume="latest")
-    assert b.step_count == 0
-    b.train()
+    if how == "config":
+        b = trainer(tmp_path / "b", resume="latest")
+        assert b.step_count == 0
+        b.train()
+    else:
+        kept = (tmp_path / "b" / "metrics.jsonl").read_text()
+        with pytest.raises(FileExistsError, match="already holds a run"):  # a plain train() over it: refused
+            trainer(tmp_path / "b").train()
+        assert (tmp_path / "b" / "metrics.jsonl").read_text() == kept
+        b = trainer(tmp_path / "b")
+        b.train(resume_from_checkpoint=True)
     assert b.step_count == 6
 
     wa = {k: v for k, v in a.model.named_parameters() if v.requires_grad}
@@ -503,30 +513,6 @@ def test_reward_model_reports_a_bad_dataset_before_loading_the_model(tmp_path, t
                            "--output_dir", str(tmp_path / "run"), "--overwrite_output_dir", "--report_to", "none",
                            "--torch_threads", "1"])
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 1}\n'
-
-
-def test_reward_trainer_train_resume_from_checkpoint(tmp_path):
-    """TRL's trainer.train(resume_from_checkpoint=True): built over a run without a refusal, resumed == uninterrupted;
-    a plain train() over a run is refused before anything is written."""
-    def trainer(out, **kw):
-        model, tok = lora_reward_model()
-        return RewardTrainer(rm_config(out, **kw), model, tok, toy_pairs(20, 0), toy_pairs(8, 1))
-
-    a = trainer(tmp_path / "a")
-    a.train()
-    b = trainer(tmp_path / "b")
-    dies_after(b, 4)  # killed after step 4 (its checkpoint at 2)
-    with pytest.raises(KeyboardInterrupt):
-        b.train()
-    kept = (tmp_path / "b" / "metrics.jsonl").read_text()
-    with pytest.raises(FileExistsError, match="already holds a run"):
-        trainer(tmp_path / "b", overwrite_output_dir=False).train()
-    assert (tmp_path / "b" / "metrics.jsonl").read_text() == kept
-    b = trainer(tmp_path / "b", overwrite_output_dir=False)
-    b.train(resume_from_checkpoint=True)
-    wa = [p for p in a.model.parameters() if p.requires_grad]
-    wb = [p for p in b.model.parameters() if p.requires_grad]
-    assert b.step_count == a.step_count and all(torch.equal(x, y) for x, y in zip(wa, wb))
 
 
 def test_rm_resume_from_the_command_line_keeps_the_runs_settings(tmp_path, capsys):
