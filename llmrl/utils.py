@@ -17,6 +17,7 @@ import shutil
 import sys
 import time
 import typing
+from types import SimpleNamespace
 from typing import Any, Callable, Collection, Sequence
 
 import numpy as np
@@ -156,19 +157,26 @@ def flag_given(argv: Sequence[str], name: str) -> bool:
 
 def parse_config(cls: type | tuple[type, ...], argv: Sequence[str] | None = None,
                  defaults: dict[str, Any] | None = None, shown: Collection[str] | None = None,
-                 description: str | None = None) -> Any:
+                 description: str | None = None, checked: bool = True) -> Any:
     """Parse `--field value` flags into the dataclass `cls` (or into each of a tuple of dataclasses, returning a
     tuple). `defaults` replaces field defaults (a recipe's own settings, a resumed run's; `--help` shows them), except
     for the settings a TRL-named flag given sets (`cls.TRL_TARGETS`). `--help` lists every
-    field with its metadata["help"] (only the `shown` fields when given, under `description`). `--config FILE.yaml` reads flags from a YAML mapping (command-line flags win).
+    field with its metadata["help"] (only the `shown` fields when given, under `description`). checked=False gives
+    the raw values (SimpleNamespace, the config's checks not run): what a command reads before its real parse. `--config FILE.yaml` reads flags from a YAML mapping (command-line flags win).
     A flag error prints one line `error: ...` (an unknown flag with the closest field names) and exits with code
     2; a value the config's `__post_init__` refuses raises its ValueError (see `cli_main`)."""
     classes = cls if isinstance(cls, tuple) else (cls,)
-    if defaults:  # a TRL-named flag given (--bf16) wins over a default for the setting it sets (dtype)
+    if defaults:  # a flag given wins over the defaults of the settings it sets: a TRL-named flag (--bf16) over its
+        # llmrl setting's (dtype), an llmrl flag (--max_steps) over a TRL name that would set it (num_train_epochs)
         given = list(sys.argv[1:] if argv is None else argv)
-        targets = {t for c in classes for trl, ts in getattr(c, "TRL_TARGETS", {}).items() if flag_given(given, trl)
-                   for t in ts}
-        defaults = {k: v for k, v in defaults.items() if k not in targets}
+        drop = set()
+        for c in classes:
+            for trl, targets in getattr(c, "TRL_TARGETS", {}).items():
+                if flag_given(given, trl):
+                    drop.update(targets)
+                if any(flag_given(given, t) for t in targets):
+                    drop.add(trl)
+        defaults = {k: v for k, v in defaults.items() if k not in drop}
     parser = _config_parser(classes, defaults, shown, description)
     parser.add_argument("--config", default=None, help="A YAML file of settings (key: value); flags given on the "
                                                         "command line override it.")
@@ -184,7 +192,8 @@ def parse_config(cls: type | tuple[type, ...], argv: Sequence[str] | None = None
         fail(f"unknown flag {flag.split('=', 1)[0]}" +
              (f"; did you mean {' or '.join('--' + c for c in close)}?" if close else "; see --help"))
     values = vars(namespace)
-    configs = tuple(c(**{f.name: values[f.name] for f in dataclasses.fields(c) if f.init}) for c in classes)
+    make = (lambda c, kw: c(**kw)) if checked else (lambda c, kw: SimpleNamespace(**kw))
+    configs = tuple(make(c, {f.name: values[f.name] for f in dataclasses.fields(c) if f.init}) for c in classes)
     return configs if isinstance(cls, tuple) else configs[0]
 
 

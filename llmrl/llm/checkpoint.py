@@ -35,12 +35,16 @@ def _step_of(path: str) -> int | None:
 
 
 def find_checkpoint(output_dir: str, resume: str) -> str:
-    """'latest' -> the newest complete checkpoint in output_dir; otherwise `resume` is the checkpoint path."""
+    """'latest' -> the newest complete checkpoint in output_dir; otherwise `resume` is the checkpoint path (or the
+    name of one in output_dir)."""
     if resume == "latest":
         found = list_checkpoints(output_dir)
         if not found:
             raise FileNotFoundError(f"resume='latest' but {output_dir} holds no checkpoint-N directory")
         return found[-1]
+    if not os.path.isfile(os.path.join(resume, "trainer_state.pt")) and \
+            os.path.isfile(os.path.join(output_dir, resume, "trainer_state.pt")):
+        return os.path.join(output_dir, resume)  # a checkpoint's name in output_dir ('checkpoint-6')
     if not os.path.isfile(os.path.join(resume, "trainer_state.pt")):
         found = [os.path.basename(c) for c in list_checkpoints(output_dir)]
         there = (f"; checkpoints in {output_dir}: {', '.join(found)} (or pass 'latest')" if found else
@@ -81,13 +85,14 @@ def settings_as_defaults(cls, path: str, settings: dict, keep) -> dict:
     return defaults
 
 
-def resume_defaults(cfg) -> dict:
-    """For `--resume`: every setting of the checkpoint's config.json as parse_config defaults (flags given now win,
-    and the trainer checks them against FIXED_ON_RESUME), so a resumed run goes on as it was set up."""
-    path = os.path.join(find_checkpoint(cfg.output_dir, cfg.resume), "config.json")
+def resume_defaults(cls: type, output_dir: str, resume: str) -> dict:
+    """For `--resume`: every setting of the checkpoint's config.json as parse_config defaults of config class `cls`
+    (flags given now win, and the trainer checks them against its fixed settings), so a resumed run goes on as it
+    was set up."""
+    path = os.path.join(find_checkpoint(output_dir, resume), "config.json")
     with open(path) as f:
         settings = json.load(f)
-    return settings_as_defaults(type(cfg), path, settings, [k for k in settings if k != "resume"])
+    return settings_as_defaults(cls, path, settings, [k for k in settings if k != "resume"])
 
 
 BEST_FILE = "best_checkpoint.json"
@@ -132,7 +137,7 @@ def check_resume(cfg, fixed: tuple[str, ...] = FIXED_ON_RESUME) -> tuple[str, di
     older than the run's newest or one of another run when output_dir holds a run (two runs would mix)."""
     path = find_checkpoint(cfg.output_dir, cfg.resume)
     owner = os.path.dirname(os.path.abspath(path))
-    if owner != os.path.abspath(cfg.output_dir) and holds_a_run(cfg.output_dir):
+    if os.path.realpath(owner) != os.path.realpath(cfg.output_dir) and holds_a_run(cfg.output_dir):
         raise ValueError(f"resume: {path} is a checkpoint of the run in {owner}, but output_dir {cfg.output_dir} holds "
                          f"another run, which it would mix with; continue that run with output_dir {owner}, or "
                          f"resume it into an empty output_dir")

@@ -52,6 +52,13 @@ def move_trl_setting(config, need, trl: str, ours: str, value, clear: bool = Tru
         setattr(config, trl, None)
 
 
+def trl_resume(value) -> str | None:
+    """The `resume` that TRL's resume_from_checkpoint means: 'true' (or True) 'latest', 'false' none, a path itself."""
+    if value is None or str(value).lower() == "false":
+        return None
+    return "latest" if str(value).lower() == "true" else str(value)
+
+
 def apply_trainer_trl_names(config, need) -> None:
     """The TRL (transformers TrainingArguments) names every llmrl trainer config takes: per_device_train_batch_size
     with gradient_accumulation_steps (-> per_device_batch_size, micro_batch_size), bf16 (-> dtype),
@@ -74,10 +81,7 @@ def apply_trainer_trl_names(config, need) -> None:
                                                f"{', '.join(LR_SCHEDULERS)}, got {config.lr_scheduler!r}")
     move("per_device_eval_batch_size", "eval_batch_size", config.per_device_eval_batch_size)
     if config.resume_from_checkpoint is not None:
-        flag = str(config.resume_from_checkpoint).lower()
-        move("resume_from_checkpoint", "resume", "latest" if flag == "true" else config.resume_from_checkpoint)
-        if flag == "false":
-            config.resume = None
+        move("resume_from_checkpoint", "resume", trl_resume(config.resume_from_checkpoint))
 
 
 # TRL's names -> the llmrl settings each one sets (see apply_trainer_trl_names and GRPOConfig._apply_trl_names)

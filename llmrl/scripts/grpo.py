@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass, field
 
 from ..llm.checkpoint import check_fresh_output_dir
-from ..llm.config import GRPOConfig
+from ..llm.config import GRPOConfig, trl_resume
 from ..llm.evaluation import describe, eval_label, evaluate_policy, format_result, load_eval_dataset, save_eval_results
 from ..llm.model import load_tokenizer
 from ..llm.trainer import GRPOTrainer
@@ -59,8 +59,8 @@ class RecipeArgs:
 def main(argv=None) -> dict:
     """Train (or with --eval_only, evaluate); returns the evaluation results by label."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg, args = parse_config((GRPOConfig, RecipeArgs), argv)
-    cfg, args = parse_config((GRPOConfig, RecipeArgs), argv, defaults=run_defaults(cfg, args.eval_only))
+    raw, args = parse_config((GRPOConfig, RecipeArgs), argv, checked=False)  # the run it continues, if any
+    cfg, args = parse_config((GRPOConfig, RecipeArgs), argv, defaults=run_defaults(raw, args.eval_only))
     if args.eval_only:
         return evaluate_only(cfg, argv)
     # Everything that can refuse the run comes before the before-evaluation: the eval set here (before the model
@@ -106,24 +106,26 @@ def evaluate_main(argv=None) -> dict:
     """`llmrl eval`: the GRPO flags, evaluation only."""
     argv = list(sys.argv[1:] if argv is None else argv)
     shown = dict(shown=EVAL_SETTINGS, description=EVAL_HELP)
-    cfg = parse_config(GRPOConfig, argv, **shown)
-    cfg = parse_config(GRPOConfig, argv, defaults=run_defaults(cfg, evaluation=True), **shown)
+    raw = parse_config(GRPOConfig, argv, checked=False, **shown)
+    cfg = parse_config(GRPOConfig, argv, defaults=run_defaults(raw, evaluation=True), **shown)
     return evaluate_only(cfg, argv)
 
 
-def run_defaults(cfg: GRPOConfig, evaluation: bool = False) -> dict:
-    """Settings the command line did not give, from the run it continues: on --resume every setting of the run
-    (its checkpoint's config.json; flags given now win and are checked by the trainer), with --adapter the
-    FROM_ADAPTER_RUN settings of the run that trained the adapter, when it was an llmrl run. Printed when used."""
+def run_defaults(raw, evaluation: bool = False) -> dict:
+    """Settings the command line did not give, from the run it continues (`raw`: the flags as parsed, unchecked):
+    on --resume every setting of the run (its checkpoint's config.json; flags given now win and are checked by the
+    trainer), with --adapter the FROM_ADAPTER_RUN settings of the run that trained the adapter, when it was an
+    llmrl run. Printed when used."""
     from ..llm import checkpoint as ckpt
 
-    if cfg.resume and not evaluation:
-        return ckpt.resume_defaults(cfg)
-    found = ckpt.run_settings(cfg.adapter) if cfg.adapter else None
+    resume = trl_resume(raw.resume_from_checkpoint) if raw.resume is None else raw.resume
+    if resume and not evaluation:
+        return ckpt.resume_defaults(GRPOConfig, raw.output_dir, resume)
+    found = ckpt.run_settings(raw.adapter) if raw.adapter else None
     if found is None:
         return {}
     keep = FROM_ADAPTER_RUN_FOR_EVAL if evaluation else FROM_ADAPTER_RUN
-    return ckpt.settings_as_defaults(type(cfg), *found, keep)
+    return ckpt.settings_as_defaults(GRPOConfig, *found, keep)
 
 
 def evaluate_only(cfg: GRPOConfig, argv: list[str]) -> dict:

@@ -18,14 +18,17 @@ import json
 import os
 
 from ..llm import checkpoint as ckpt
+from ..llm.config import trl_resume
 from ..llm.reward_trainer import RewardConfig, RewardTrainer
 from ..utils import cli_main, parse_config
 
 
 def main(argv=None) -> dict:
-    cfg = parse_config(RewardConfig, argv)
-    if cfg.resume:  # the run goes on as it was set up; flags given now change what may change
-        cfg = parse_config(RewardConfig, argv, defaults=ckpt.resume_defaults(cfg))
+    raw = parse_config(RewardConfig, argv, checked=False)
+    resume = trl_resume(raw.resume_from_checkpoint) if raw.resume is None else raw.resume
+    # a resumed run goes on as it was set up; flags given now change what may change
+    cfg = parse_config(RewardConfig, argv, defaults=ckpt.resume_defaults(RewardConfig, raw.output_dir, resume)
+                       if resume else None)
     if not cfg.resume:  # before anything loads
         ckpt.check_fresh_output_dir(cfg.output_dir, cfg.overwrite_output_dir)
     trainer = RewardTrainer(cfg)

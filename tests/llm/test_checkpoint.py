@@ -178,6 +178,10 @@ def test_resume_refuses_to_mix_runs_or_to_half_start(tmp_path):
         tiny_trainer(tmp_path / "b", max_steps=3, overwrite_output_dir=False).train(
             resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
     assert files(tmp_path / "b") == b
+    os.symlink(tmp_path / "a", tmp_path / "link")  # the same run through a symlink: not another run
+    assert ckpt.check_resume(tiny_trainer(tmp_path / "link", max_steps=3, overwrite_output_dir=False,
+                                          resume=str(tmp_path / "a" / "checkpoint-2")).cfg)[0].endswith("checkpoint-2")
+    assert ckpt.find_checkpoint(str(tmp_path / "a"), "checkpoint-1") == str(tmp_path / "a" / "checkpoint-1")  # a name
     fork = tiny_trainer(tmp_path / "fork", max_steps=3, overwrite_output_dir=False)  # an empty output_dir: allowed
     fork.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
     assert [m["step"] for m in _metrics(tmp_path / "fork")] == [3]

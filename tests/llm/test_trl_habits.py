@@ -102,6 +102,16 @@ def test_a_trl_flag_wins_over_a_runs_setting():
     cfg = parse_config(RewardConfig, ["--per_device_train_batch_size", "2"],
                        defaults={k: v for k, v in run.items() if k != "max_new_tokens"})
     assert (cfg.per_device_batch_size, cfg.micro_batch_size, cfg.dtype) == (2, 2, "float32")
+    cfg = parse_config(GRPOConfig, ["--max_steps", "6"], defaults={**run, "num_train_epochs": 0.25})
+    assert (cfg.max_steps, cfg.num_train_epochs) == (6, None)  # the llmrl flag wins over the run's TRL name too
+    # the first, unchecked look at the flags (which finds the run a --resume continues) refuses nothing: the run's
+    # num_generations (4) is not known yet, and 4 prompts x G would be refused against the class default (8)
+    raw = parse_config(GRPOConfig, ["--per_device_train_batch_size", "4", "--resume", "latest"], checked=False)
+    assert (raw.per_device_train_batch_size, raw.resume, raw.per_device_batch_size) == (4, "latest", 16)
+    with pytest.raises(ValueError, match="must be divisible by num_generations"):
+        parse_config(GRPOConfig, ["--per_device_train_batch_size", "4"])
+    cfg = parse_config(GRPOConfig, ["--per_device_train_batch_size", "4"], defaults={"num_generations": 4})
+    assert (cfg.per_device_batch_size, cfg.num_generations) == (4, 4)
     for cls in (GRPOConfig, RewardConfig):
         trl_named = {f.name for f in dataclasses.fields(cls) if f.metadata.get("help", "").startswith("TRL:")}
         assert trl_named - {"use_vllm"} == set(cls.TRL_TARGETS), cls.__name__
