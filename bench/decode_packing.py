@@ -43,8 +43,8 @@ def main():
     print(f"packing_works({args.dtype}) = {fast_decode.packing_works(getattr(torch, args.dtype))}")
     for _ in range(args.repeats):
         for pack in (False, True):
-            print(f"{args.dtype} {'packed' if pack else 'F.linear'}: {ms_per_token_step(model, pack):.1f} ms/token step",
-                  flush=True)
+            ms = ms_per_token_step(model, pack)
+            print(f"{args.dtype} {'packed' if pack else 'F.linear'}: {ms:.1f} ms/token step", flush=True)
 
 
 if __name__ == "__main__":

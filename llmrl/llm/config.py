@@ -45,8 +45,8 @@ def move_trl_setting(config, need, trl: str, ours: str, value, clear: bool = Tru
     default = next(f.default for f in fields(config) if f.name == ours)
     current = getattr(config, ours)
     sets = "" if value == getattr(config, trl) else f" (which sets {ours}={value!r})"
-    need(current == default or current == value, f"{trl}={getattr(config, trl)!r}{sets} contradicts {ours}={current!r}; "
-                                                 f"give one of them")
+    need(current == default or current == value,
+         f"{trl}={getattr(config, trl)!r}{sets} contradicts {ours}={current!r}; give one of them")
     setattr(config, ours, value)
     if clear:
         setattr(config, trl, None)

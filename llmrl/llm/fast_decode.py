@@ -5,7 +5,8 @@ Why: decoding B*G sequences one token at a time multiplies a few rows by every w
 per-call overheads, not arithmetic, dominate. This path (1) folds the LoRA adapter into the weights once per
 sampling call (W + s B A), (2) fuses the q/k/v and gate/up projections into one matmul each, (3) packs each weight
 once into oneDNN's blocked layout on CPUs (`F.linear` re-packs it on every call: 1.5-3x slower at 16 rows), (4)
-writes keys/values into a cache allocated once, and (5) calls each kernel directly. `tests/llm/test_fast_decode.py` checks its logits against the model's own forward.
+writes keys/values into a cache allocated once, and (5) calls each kernel directly. `tests/llm/test_fast_decode.py`
+checks its logits against the model's own forward.
 """
 from __future__ import annotations
 

@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None, no_pair_fix: dict[str, str] | None = Non
         n_train, n_test, available = cfg.num_prompts, cfg.num_test_prompts, len(data["train"])
         if n_train + n_test > available:
             raise ValueError(f"num_prompts + num_test_prompts = {n_train + n_test} but {cfg.dataset} "
-                             f"({cfg.train_split}) has {available} questions for both splits (a single file, or the same "
-                             f"split twice); lower them, or pass a dataset with separate train and test splits")
+                             f"({cfg.train_split}) has {available} questions for both splits (a single file, or the "
+                             f"same split twice); lower them, or pass a dataset with separate train and test splits")
         perm = torch.randperm(available, generator=torch.Generator().manual_seed(cfg.seed)).tolist()
         orders = {"train": perm[:n_train], "test": perm[n_train:n_train + n_test]}
     model, tok = load_policy(cfg.model, lora=None, dtype=resolve_dtype(cfg.dtype))
