@@ -144,6 +144,11 @@ def main(argv: list[str] | None = None, no_pair_fix: dict[str, str] | None = Non
                                                       (cfg.test_split, cfg.num_test_prompts, "test")) if n > 0}
     data = {name: load_prompt_dataset(cfg.dataset, split, split_setting=f"{name}_split")
             for name, (split, n) in wanted.items()}
+    for name, d in data.items():  # a count the split cannot honour is refused, not cut down
+        flag = "num_prompts" if name == "train" else "num_test_prompts"
+        if wanted[name][1] > len(d):
+            raise ValueError(f"{flag} = {wanted[name][1]} but {cfg.dataset} ({wanted[name][0]}) has {len(d)} "
+                             f"questions; lower --{flag}")
     orders = {name: torch.randperm(len(d), generator=torch.Generator().manual_seed(cfg.seed)).tolist()[:wanted[name][1]]
               for name, d in data.items()}
     if len(data) == 2 and (os.path.isfile(os.path.expanduser(cfg.dataset)) or cfg.train_split == cfg.test_split):

@@ -496,6 +496,11 @@ def test_preference_data_from_one_file_holds_out_other_questions(tmp_path, monke
     tiny_dataset(8).to_json(data / "train.jsonl")
     with pytest.raises(FileNotFoundError, match=r"^dataset: .*has no test\.jsonl.*pass --test_split one of them"):
         preference_data.main(argv[:2] + ["--dataset", str(data), "--output_dir", str(tmp_path / "p3")])
+    tiny_dataset(3).to_json(data / "test.jsonl")
+    with pytest.raises(ValueError, match=r"^num_test_prompts = 4 but .*data \(test\) has 3 questions; lower "
+                                         r"--num_test_prompts$"):  # refused, not cut down to 3
+        preference_data.main(argv[:2] + ["--dataset", str(data), "--output_dir", str(tmp_path / "p3"),
+                                         "--num_prompts", "8", "--num_test_prompts", "4"])
 
 
 @pytest.mark.parametrize("text, message", [
