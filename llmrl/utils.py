@@ -162,7 +162,8 @@ def parse_config(cls: type | tuple[type, ...], argv: Sequence[str] | None = None
     tuple). `defaults` replaces field defaults (a recipe's own settings, a resumed run's; `--help` shows them), except
     for the settings a TRL-named flag given sets (`cls.TRL_TARGETS`). `--help` lists every
     field with its metadata["help"] (only the `shown` fields when given, under `description`). checked=False gives
-    the raw values (SimpleNamespace, the config's checks not run): what a command reads before its real parse. `--config FILE.yaml` reads flags from a YAML mapping (command-line flags win).
+    the raw values (SimpleNamespace, the config's checks not run): what a command reads before its real parse.
+    `--config FILE.yaml` reads flags from a YAML mapping (command-line flags win).
     A flag error prints one line `error: ...` (an unknown flag with the closest field names) and exits with code
     2; a value the config's `__post_init__` refuses raises its ValueError (see `cli_main`)."""
     classes = cls if isinstance(cls, tuple) else (cls,)
@@ -351,3 +352,25 @@ class RunLogger:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def end_process_group(acc, trainer) -> None:
+    """End a multi-process run once all collective work is done: free the trainer's DDP wrappers (their reducers hold
+    the process group) and accelerate's references to them while the group is alive, then destroy the group. Freed
+    after it is destroyed, a wrapper's teardown at exit can hang or abort ('terminate called without an active
+    exception'): seen about once in 30 two-process runs on CPU (gloo) before this order."""
+    import gc
+
+    import torch
+
+    acc.wait_for_everyone()
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    for owner in (trainer, getattr(trainer, "critic", None)):
+        for name, value in list(vars(owner).items()) if owner is not None else []:
+            if isinstance(value, torch.nn.parallel.DistributedDataParallel):
+                setattr(owner, name, acc.unwrap_model(value))
+    acc.free_memory()
+    gc.collect()
+    acc.wait_for_everyone()
+    torch.distributed.destroy_process_group()

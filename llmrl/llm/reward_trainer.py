@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from .. import objectives as O
-from ..utils import RunLogger, atomic_write_text, config_dict, seed_everything, set_threads, truncate_jsonl
+from ..utils import (RunLogger, atomic_write_text, config_dict, end_process_group, seed_everything, set_threads,
+                     truncate_jsonl)
 from . import checkpoint as ckpt
 from .config import TRAINER_TRL_TARGETS, _h, apply_trainer_trl_names
 from .data import PromptSampler, check_columns, load_prompt_dataset
@@ -422,10 +423,9 @@ class RewardTrainer:
         return out
 
     def close(self):
-        """Tear down the process group (multi-process runs) once all collective work is done."""
-        self.acc.wait_for_everyone()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        """Tear down the process group (multi-process runs) once all collective work is done
+        (utils.end_process_group); the trainer cannot train after it."""
+        end_process_group(self.acc, self)
 
 
 def _keep_trainable_weights(models, weights, output_dir) -> None:

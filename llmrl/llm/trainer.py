@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import objectives
-from ..utils import RunLogger, SetupError, seed_everything, set_threads, truncate_jsonl
+from ..utils import RunLogger, SetupError, end_process_group, seed_everything, set_threads, truncate_jsonl
 from . import checkpoint as ckpt
 from . import engines
 from . import hub, tracking
@@ -783,11 +783,9 @@ class GRPOTrainer:
         return self.hub_repo_id
 
     def close(self):
-        """Tear down the process group (multi-process runs) once all collective work is done; without it, a
-        process can abort at exit with 'terminate called without an active exception'."""
-        self.acc.wait_for_everyone()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        """Tear down the process group (multi-process runs) once all collective work is done
+        (utils.end_process_group); the trainer cannot train after it."""
+        end_process_group(self.acc, self)
 
 
 class _StopOnInterrupt:
