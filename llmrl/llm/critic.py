@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import objectives
+from .activation_memory import lean_training_modules
 from .logprobs import prompt_positions, run_decoder
 from .model import LoraSettings, lora_targets
 from .reward_model import _head_dtype, add_reward_lora, load_reward_model, score_parts
@@ -102,6 +103,7 @@ class Critic:
         cfg, acc = trainer.cfg, trainer.acc
         self.tr, self.cfg = trainer, cfg
         model = load_critic_model(cfg, policy, trainer.tok, trainer.dtype).to(acc.device)
+        lean_training_modules(model)
         self.is_peft = hasattr(model, "disable_adapter")
         # as for the policy: full training keeps fp32 master weights and computes in bf16 under autocast
         self.autocast_dtype = torch.bfloat16 if (trainer.dtype == torch.bfloat16 and not self.is_peft) else None

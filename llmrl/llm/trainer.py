@@ -28,6 +28,7 @@ from ..utils import RunLogger, SetupError, end_process_group, seed_everything, s
 from . import checkpoint as ckpt
 from . import engines
 from . import hub, tracking
+from .activation_memory import lean_training_modules
 from .config import REWARD_MODEL, GRPOConfig
 from .data import PromptSampler, check_prompt_dataset, load_prompt_dataset, make_prompt, row_prompt
 from .evaluation import eos_token_ids, evaluate_policy, load_eval_dataset, retire_eval_results
@@ -197,6 +198,8 @@ class GRPOTrainer:
         # --- optimization ---
         model.to(self.acc.device)
         check_logits_path(model, cfg.sampler, cfg.shared_prefix)
+        if cfg.optimizer == "adamw":  # same forward, less stored for backward (activation_memory.py); trpo/npg's
+            lean_training_modules(model)  # Fisher-vector products need forward-mode AD, which these do not define
         if cfg.gradient_checkpointing:
             engines.enable_gradient_checkpointing(model)
         if self.reference is not None and self.reference.copy is not None:
