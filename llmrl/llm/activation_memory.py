@@ -18,11 +18,12 @@ Each replacement computes its forward with the very operations of the module it 
 identical; tests/llm/test_activation_memory.py checks outputs and gradients against the stock modules). A norm
 or MLP module is switched only after a probe shows its own forward gives the same bits as the replacement, so
 architectures that differ (Gemma's (1 + w) norm, a GELU MLP) keep their own code. Only the forward methods of
-module instances change: parameters, state dicts and saving are untouched.
+module instances change (an instance attribute: a partial of a module-level function, so a switched model still
+deep-copies and pickles): parameters, state dicts and saving are untouched.
 """
 from __future__ import annotations
 
-import types
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -151,7 +152,7 @@ def lean_training_modules(model: nn.Module) -> dict[str, int]:
         if "forward" in vars(module):  # already switched (or patched by someone else): leave it
             continue
         if type(module) is LoraLinear:
-            module.forward = types.MethodType(_lora_forward, module)
+            module.forward = partial(_lora_forward, module)
             counts["lora"] += 1
             continue
         weight = getattr(module, "weight", None)
@@ -162,7 +163,7 @@ def lean_training_modules(model: nn.Module) -> dict[str, int]:
                 continue
             x = torch.randn(2, 3, d, generator=gen).to(p.device, p.dtype)
             if _same_output(module, _swiglu_mlp_forward, x):
-                module.forward = types.MethodType(_swiglu_mlp_forward, module)
+                module.forward = partial(_swiglu_mlp_forward, module)
                 counts["swiglu_mlp"] += 1
         elif isinstance(weight, nn.Parameter) and weight.dim() == 1 and weight.dtype != torch.float32 \
                 and _norm_eps(module) is not None and "rms" in type(module).__name__.lower():
@@ -170,7 +171,7 @@ def lean_training_modules(model: nn.Module) -> dict[str, int]:
             module._lean_eps = _norm_eps(module)
             x = (3 * torch.randn(2, 3, weight.shape[0], generator=gen)).to(weight.device, weight.dtype)
             if _same_output(module, _rmsnorm_forward, x):
-                module.forward = types.MethodType(_rmsnorm_forward, module)
+                module.forward = partial(_rmsnorm_forward, module)
                 counts["rmsnorm"] += 1
             else:
                 del module._lean_eps

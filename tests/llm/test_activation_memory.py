@@ -120,3 +120,15 @@ def test_functions_against_autograd_of_the_plain_expressions():
         want = torch.autograd.grad((out_plain * r).sum(), inputs)
         for gg, ww in zip(got, want):
             assert torch.allclose(gg, ww, atol=tol)
+
+
+def test_switched_model_copies_and_pickles(tmp_path):
+    """A deep copy and a pickled copy of a switched model run their own (switched) modules, with equal outputs."""
+    model, lean, _ = _pair("llama", torch.bfloat16)
+    ids = torch.randint(4, 60, (2, 5), generator=torch.Generator().manual_seed(0))
+    want = model(input_ids=ids).logits
+    torch.save(lean, tmp_path / "m.pt")
+    for other in (copy.deepcopy(lean), torch.load(tmp_path / "m.pt", weights_only=False)):
+        norm = other.get_base_model().model.norm
+        assert norm.forward.args[0] is norm  # bound to the copy, not to the original
+        assert torch.equal(other(input_ids=ids).logits, want)
