@@ -23,6 +23,7 @@ from .model import unwrap_peft
 SUPPORTED = ("llama", "mistral", "qwen2")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # cos/sin depend on the position only (not "dynamic")
 # A decoder layer's parameters, all of them implemented below; anything else (q/k norms, ...) means another model
+FULL_WINDOW_FILL = 0.5  # a decode step attends over the whole cache once this fraction of it is filled
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
                "mlp.up_proj", "mlp.down_proj")
 LAYER_PARAMETERS = {f"{m}.{p}" for m in PROJECTIONS for p in ("weight", "bias")} | \
@@ -166,9 +167,9 @@ class LlamaSampler:
 
     def new_cache(self, rows: int, length: int, device=None) -> Cache:
         """An empty cache of `length` slots for `rows` sequences."""
-        shape = (rows, self.n_kv, length, self.head_dim)
-        return Cache([CacheLayer(torch.empty(shape, dtype=self.dtype, device=device),
-                                 torch.empty(shape, dtype=self.dtype, device=device)) for _ in self.layers])
+        shape = (rows, self.n_kv, length, self.head_dim)  # zeros: a decode step may read unfilled slots (masked)
+        return Cache([CacheLayer(torch.zeros(shape, dtype=self.dtype, device=device),
+                                 torch.zeros(shape, dtype=self.dtype, device=device)) for _ in self.layers])
 
     def _rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         half = x.shape[-1] // 2
@@ -186,6 +187,13 @@ class LlamaSampler:
         cos, sin = self.rotary(x, positions)
         cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)  # (N, 1, L, D)
         attend = mask.bool()[:, None, None, :]  # (N, 1, 1, end), True = may attend
+        # A decode step reads the cache up to `stop`: all of it once it is at least FULL_WINDOW_FILL full (the
+        # unfilled slots masked out: zero weight; in bf16 the same bits, in fp32 equal to rounding), as a
+        # contiguous tensor multiplies faster than a slice of it (the batched matmul copies a slice first).
+        stop = end
+        if L == 1 and end >= FULL_WINDOW_FILL * cache.layers[0].keys.shape[2]:
+            stop = cache.layers[0].keys.shape[2]
+            attend = F.pad(attend, (0, stop - end), value=False)
         if L > 1:  # causal within the new tokens (one new token sees every cached slot)
             keys = torch.arange(end, device=ids.device)[None]
             query = start + torch.arange(L, device=ids.device)[:, None]
@@ -198,7 +206,7 @@ class LlamaSampler:
             q = self._rope(q.view(N, L, nh, D).transpose(1, 2), cos, sin)
             kv.keys[:, :, start:end] = self._rope(k.view(N, L, nkv, D).transpose(1, 2), cos, sin)
             kv.values[:, :, start:end] = v.view(N, L, nkv, D).transpose(1, 2)
-            a = self._attention(q, kv.keys[:, :, :end], kv.values[:, :, :end], attend)
+            a = self._attention(q, kv.keys[:, :, :stop], kv.values[:, :, :stop], attend)
             x = x + layer["o"](a.transpose(1, 2).reshape(N, L, nh * D))
             h = F.rms_norm(x, (x.shape[-1],), layer["ln2"], self.eps)
             g, u = layer["gu"](h).chunk(2, dim=-1)

@@ -142,6 +142,28 @@ def test_lean_decoder_without_packed_weights_is_the_same(monkeypatch):
     assert torch.allclose(plain, own_logits(model, ids, mask, cont, gi), atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_whole_cache_window_gives_the_same_bits(monkeypatch, dtype):
+    """A decode step attends over the whole cache once it is FULL_WINDOW_FILL full (unfilled slots masked): in
+    bf16 the same logits, bit for bit, as attending over the filled slots only (a bf16 run samples the same
+    tokens: `make demo`'s trajectory); in fp32 equal to rounding (the matmul sums another number of terms)."""
+    model, tok = tiny_causal_lm("llama")
+    model = random_lora(model).to(dtype)
+    ids, mask, cont, gi = _prompts(tok, C=12)  # the cache fills from ~1/3 to full: both windows are used
+    monkeypatch.setattr(fast_decode, "FULL_WINDOW_FILL", 2.0)  # never the whole cache
+    sliced = teacher_forced_logits(model, "auto", ids, mask, cont, num_generations=2)
+    monkeypatch.setattr(fast_decode, "FULL_WINDOW_FILL", 0.0)  # always the whole cache
+    whole = teacher_forced_logits(model, "auto", ids, mask, cont, num_generations=2)
+    monkeypatch.setattr(fast_decode, "FULL_WINDOW_FILL", 0.5)
+    mixed = teacher_forced_logits(model, "auto", ids, mask, cont, num_generations=2)
+    if dtype == torch.bfloat16:
+        assert torch.equal(whole, sliced) and torch.equal(mixed, sliced)
+    else:
+        torch.testing.assert_close(whole, sliced, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(mixed, sliced, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(sliced.float(), own_logits(model, ids, mask, cont, gi).float(), atol=0.1)
+
+
 def test_lean_decoder_in_bf16_is_the_models_bf16_forward():
     """In bf16 (dtype auto on CPUs with fast bf16) the lean decoder is as close to the fp32 logits as the bf16
     model's own forward is (within 2x: another order of the same bf16 operations)."""
