@@ -45,12 +45,17 @@ class LoraDelta(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, a, b, xa = ctx.saved_tensors
-        g = (grad * ctx.scaling).flatten(0, -2)            # d loss / d B(A(x)), rows flattened
+        g = _rows(grad * ctx.scaling)                      # d loss / d B(A(x)), rows flattened
         g_xa = g @ b                                       # (rows, r)
-        grad_b = g.T @ xa.flatten(0, -2) if ctx.needs_input_grad[2] else None
-        grad_a = g_xa.T @ x.flatten(0, -2).to(a.dtype) if ctx.needs_input_grad[1] else None
+        grad_b = g.T @ _rows(xa) if ctx.needs_input_grad[2] else None
+        grad_a = g_xa.T @ _rows(x).to(a.dtype) if ctx.needs_input_grad[1] else None
         grad_x = (g_xa @ a).to(x.dtype).view_as(x) if ctx.needs_input_grad[0] else None
         return grad_x, grad_a, grad_b, None
+
+
+def _rows(t: Tensor) -> Tensor:
+    """(..., d) -> (rows, d); a 1-D tensor is one row."""
+    return t.reshape(-1, t.shape[-1])
 
 
 class SwiGLU(torch.autograd.Function):
@@ -117,11 +122,15 @@ def _lora_forward(self, x: Tensor, *args, **kwargs) -> Tensor:
     return (result + delta).to(result.dtype)
 
 
-def _swiglu_mlp_forward(self, x: Tensor) -> Tensor:
+def _swiglu_mlp_forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+    if args or kwargs:  # (the probe saw the one-argument call only)
+        return type(self).forward(self, x, *args, **kwargs)
     return self.down_proj(SwiGLU.apply(self.gate_proj(x), self.up_proj(x)))
 
 
-def _rmsnorm_forward(self, x: Tensor) -> Tensor:
+def _rmsnorm_forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+    if args or kwargs:  # a gated norm (Mamba2's norm(x, gate)): the probe saw the one-argument call only
+        return type(self).forward(self, x, *args, **kwargs)
     return RMSNormFn.apply(x, self.weight, self._lean_eps)
 
 
@@ -134,16 +143,37 @@ def _norm_eps(module: nn.Module) -> float | None:
 
 @torch.no_grad()
 def _same_output(module: nn.Module, lean, x: Tensor) -> bool:
+    # in eval mode: dropout would make the two differ and draw from the global RNG the run's sampling uses (the
+    # lean forwards call the same submodules in the same order, so what holds in eval mode holds in training)
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
     try:
         return torch.equal(module(x), lean(module, x))
     except Exception:  # a module of another form (other attributes, other arguments): keep its own forward
         return False
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@torch.no_grad()
+def _same_norm_output(module: nn.Module, x: Tensor, gen: torch.Generator) -> bool:
+    # with a random weight: at its usual init (ones) w * h.to(dtype) and (w * h).to(dtype) (OLMo2's order) agree
+    # to the bit, and gradients and trained weights would not
+    weight = module.weight
+    kept = weight.detach().clone()
+    weight.copy_(1 + 0.5 * torch.randn(weight.shape, generator=gen).to(weight.device, weight.dtype))
+    try:
+        return _same_output(module, _rmsnorm_forward, x)
+    finally:
+        weight.copy_(kept)
 
 
 def lean_training_modules(model: nn.Module) -> dict[str, int]:
     """Switch, in place, the forwards of `model`'s LoRA Linear layers, SwiGLU MLPs and Llama-form RMSNorms to the
     versions above (same outputs, less saved for backward). Norms and MLPs are switched only where a probe on a
-    random input gives identical bits. Returns how many modules of each kind were switched."""
+    random input (for a norm, with a random weight) gives identical bits. Returns how many modules of each kind were
+    switched."""
     from peft.tuners.lora.layer import Linear as LoraLinear
 
     counts = {"lora": 0, "swiglu_mlp": 0, "rmsnorm": 0}
@@ -170,7 +200,7 @@ def lean_training_modules(model: nn.Module) -> dict[str, int]:
             # (an fp32 norm stores its input itself, nothing more: it keeps its own forward)
             module._lean_eps = _norm_eps(module)
             x = (3 * torch.randn(2, 3, weight.shape[0], generator=gen)).to(weight.device, weight.dtype)
-            if _same_output(module, _rmsnorm_forward, x):
+            if _same_norm_output(module, x, gen):
                 module.forward = partial(_rmsnorm_forward, module)
                 counts["rmsnorm"] += 1
             else:

@@ -132,3 +132,63 @@ def test_switched_model_copies_and_pickles(tmp_path):
         norm = other.get_base_model().model.norm
         assert norm.forward.args[0] is norm  # bound to the copy, not to the original
         assert torch.equal(other(input_ids=ids).logits, want)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen3", "olmo2"])
+def test_full_bf16_training_gradients_are_the_stock_ones(model_type):
+    """Every weight trainable in bf16, the norms' included. OLMo2 scales in fp32 before the cast, (w * h).to(dtype),
+    which agrees with Llama's w * h.to(dtype) only while w is all ones (its init): the probe must not be fooled."""
+    model, _ = tiny_causal_lm(model_type)
+    model = model.to(torch.bfloat16)
+    lean = copy.deepcopy(model)
+    lean_training_modules(lean)
+    ids = torch.randint(4, 60, (3, 7), generator=torch.Generator().manual_seed(0))
+    w = torch.randn(3, 7, model.config.vocab_size, generator=torch.Generator().manual_seed(1))
+    want_logits, want = _logits_and_grads(model, ids, w)
+    got_logits, got = _logits_and_grads(lean, ids, w)
+    assert torch.equal(got_logits, want_logits)
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+    for norm in (m for m in lean.modules() if "rms" in type(m).__name__.lower()):
+        assert torch.equal(norm.weight, torch.ones_like(norm.weight))  # the probe put the weight back
+
+
+def test_gated_norm_called_with_its_gate():
+    """Mamba2's norm(x, gate) is Llama's norm when called without a gate (the probe's call): with one, its own."""
+    from transformers.models.mamba2.modeling_mamba2 import MambaRMSNormGated
+
+    norm = MambaRMSNormGated(16, group_size=16).to(torch.bfloat16)
+    lean = copy.deepcopy(norm)
+    assert lean_training_modules(lean)["rmsnorm"] == 1
+    g = torch.Generator().manual_seed(0)
+    x, gate = torch.randn(2, 3, 16, generator=g).bfloat16(), torch.randn(2, 3, 16, generator=g).bfloat16()
+    assert torch.equal(lean(x, gate), norm(x, gate))
+    assert torch.equal(lean(x, gate=gate), norm(x, gate=gate))
+
+
+def test_lora_layer_on_a_single_vector():
+    """A 1-D input (one row) to a LoRA layer: peft's forward and gradients."""
+    model, lean, _ = _pair("llama", torch.bfloat16)
+    stock_q, lean_q = (m.get_base_model().model.layers[0].self_attn.q_proj for m in (model, lean))
+    x = torch.randn(32, generator=torch.Generator().manual_seed(0)).bfloat16()
+    grads = []
+    for layer in (stock_q, lean_q):
+        xi = x.clone().requires_grad_()
+        out = layer(xi)
+        grads.append((out, *torch.autograd.grad(out.float().sum(), [xi, layer.lora_A["default"].weight])))
+    for got, want in zip(grads[1], grads[0]):
+        assert torch.equal(got, want)
+
+
+def test_switching_a_model_in_training_mode_draws_no_random_numbers():
+    """The probes run in eval mode: LoRA dropout neither draws from the run's RNG nor hides the MLPs from the
+    probe; the model's training flags are as they were."""
+    model, _ = tiny_causal_lm("llama")
+    model = random_lora(model.to(torch.bfloat16), lora_dropout=0.1).train()
+    torch.manual_seed(0)
+    want = torch.rand(4)
+    torch.manual_seed(0)
+    counts = lean_training_modules(model)
+    assert torch.equal(torch.rand(4), want)
+    assert counts["swiglu_mlp"] == 2
+    assert all(m.training for m in model.modules())
