@@ -56,6 +56,12 @@ def params_sharded(acc) -> bool:
     return name(acc) in ("fsdp2", "deepspeed-zero3")
 
 
+def gathers_per_submodule(acc) -> bool:
+    """True under DeepSpeed ZeRO-3, which gathers each submodule's weights in that submodule's forward hooks: code
+    reading a child's weight directly (activation_memory's LoRA forward) would see an empty shard."""
+    return name(acc) == "deepspeed-zero3"
+
+
 def owns_state(acc) -> bool:
     """True when the engine partitions model or optimizer state (FSDP2, any DeepSpeed stage): checkpoints go
     through accelerate's save_state/load_state on every process."""

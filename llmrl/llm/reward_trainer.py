@@ -26,6 +26,7 @@ from .. import objectives as O
 from ..utils import (RunLogger, atomic_write_text, config_dict, end_process_group, seed_everything, set_threads,
                      truncate_jsonl)
 from . import checkpoint as ckpt
+from . import engines
 from .activation_memory import lean_training_modules
 from .config import TRAINER_TRL_TARGETS, _h, apply_trainer_trl_names
 from .data import PromptSampler, check_columns, load_prompt_dataset
@@ -226,7 +227,8 @@ class RewardTrainer:
             max(1, math.ceil(cfg.num_train_epochs * (len(self.train_pairs) // (B * N))))
         # --- optimization ---
         model.to(acc.device)
-        lean_training_modules(model)  # same forward, less stored for backward (activation_memory.py)
+        if not engines.gathers_per_submodule(acc):  # same forward, less stored for backward (activation_memory.py)
+            lean_training_modules(model)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("RewardTrainer: the model has no trainable parameters")

@@ -198,8 +198,10 @@ class GRPOTrainer:
         # --- optimization ---
         model.to(self.acc.device)
         check_logits_path(model, cfg.sampler, cfg.shared_prefix)
-        if cfg.optimizer == "adamw":  # same forward, less stored for backward (activation_memory.py); trpo/npg's
-            lean_training_modules(model)  # Fisher-vector products need forward-mode AD, which these do not define
+        # same forward, less stored for backward (activation_memory.py); not for trpo/npg, whose Fisher-vector
+        # products need forward-mode AD (these functions define none), nor where ZeRO-3 gathers per submodule
+        if cfg.optimizer == "adamw" and not engines.gathers_per_submodule(self.acc):
+            lean_training_modules(model)
         if cfg.gradient_checkpointing:
             engines.enable_gradient_checkpointing(model)
         if self.reference is not None and self.reference.copy is not None:

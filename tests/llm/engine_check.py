@@ -137,7 +137,8 @@ def optimize(out, label, world, rank, lora=True):
             "grad_norm": stats["grad_norm"],
             "reference": "adapter copy" if tr.reference.adapter_copy else "model copy" if tr.reference.copy else
             "adapter disabled", "engine": engines.name(tr.acc),
-            "sharded": any(type(p).__name__ == "DTensor" or hasattr(p, "ds_id") for p in tr.model.parameters())}
+            "sharded": any(type(p).__name__ == "DTensor" or hasattr(p, "ds_id") for p in tr.model.parameters()),
+            "lean_modules": sum("forward" in vars(m) for m in tr.model.modules())}  # activation_memory switched
 
 
 def train(out, label, world, rank):
