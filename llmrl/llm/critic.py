@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import objectives
+from . import engines
 from .activation_memory import lean_training_modules
 from .logprobs import prompt_positions, run_decoder
 from .model import LoraSettings, lora_targets
@@ -103,7 +104,8 @@ class Critic:
         cfg, acc = trainer.cfg, trainer.acc
         self.tr, self.cfg = trainer, cfg
         model = load_critic_model(cfg, policy, trainer.tok, trainer.dtype).to(acc.device)
-        lean_training_modules(model)
+        if not engines.gathers_per_submodule(acc):  # as for the policy (activation_memory.py)
+            lean_training_modules(model)
         self.is_peft = hasattr(model, "disable_adapter")
         # as for the policy: full training keeps fp32 master weights and computes in bf16 under autocast
         self.autocast_dtype = torch.bfloat16 if (trainer.dtype == torch.bfloat16 and not self.is_peft) else None

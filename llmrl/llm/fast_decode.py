@@ -22,8 +22,8 @@ from .model import unwrap_peft
 
 SUPPORTED = ("llama", "mistral", "qwen2")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # cos/sin depend on the position only (not "dynamic")
-# A decoder layer's parameters, all of them implemented below; anything else (q/k norms, ...) means another model
 FULL_WINDOW_FILL = 0.5  # a decode step attends over the whole cache once this fraction of it is filled
+# A decoder layer's parameters, all of them implemented below; anything else (q/k norms, ...) means another model
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
                "mlp.up_proj", "mlp.down_proj")
 LAYER_PARAMETERS = {f"{m}.{p}" for m in PROJECTIONS for p in ("weight", "bias")} | \
